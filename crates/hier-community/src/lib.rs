@@ -1,0 +1,1 @@
+//! hier-community
