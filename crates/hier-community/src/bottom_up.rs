@@ -17,11 +17,14 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::Error;
 use crate::dendrogram::{Dendrogram, Merge};
-use crate::eigen::{Operator, Which, general_eigenvalues, symmetric_eigen, symmetric_eigen_from};
+use crate::eigen::{
+    EigenPairs, Operator, SymmetricSolver, Which, general_eigenvalues, symmetric_eigen,
+    symmetric_eigen_with,
+};
 use crate::graph::Graph;
 use crate::kmeans::{KMeansOptions, kmeans};
-use crate::Error;
 
 /// `H_r = (r^2 - 1) I + D - r A`.
 pub struct BetheHessian<'a> {
@@ -62,6 +65,10 @@ impl Operator for BetheHessian<'_> {
     fn norm_bound(&self) -> f64 {
         self.bound
     }
+    fn diagonal(&self) -> Option<Vec<f64>> {
+        let c = self.r * self.r - 1.0;
+        Some(self.degrees.iter().map(|d| c + d).collect())
+    }
 }
 
 /// `D_rho^-1/2 A D_rho^-1/2` with `D_rho = D + (rho - 1) I`.
@@ -87,7 +94,11 @@ impl Operator for ScaledAdjacency<'_> {
 
 /// Spectral radius of the non-backtracking matrix, as the leading eigenvalue of the
 /// `2n x 2n` matrix `[[A, I - D], [I, 0]]` (which shares its non-trivial spectrum).
-pub fn non_backtracking_radius(graph: &Graph, degrees: &[f64], weighted: bool) -> Result<f64, Error> {
+pub fn non_backtracking_radius(
+    graph: &Graph,
+    degrees: &[f64],
+    weighted: bool,
+) -> Result<f64, Error> {
     let n = graph.num_nodes();
     let max_d = degrees.iter().fold(0.0f64, |m, &d| m.max(d));
     let f = |x: &[f64], y: &mut [f64]| {
@@ -108,7 +119,9 @@ pub fn non_backtracking_radius(graph: &Graph, degrees: &[f64], weighted: bool) -
         .map(|v| v.0)
         .fold(f64::NEG_INFINITY, f64::max);
     if !rho.is_finite() {
-        return Err(Error::invalid("could not find the non-backtracking spectral radius"));
+        return Err(Error::invalid(
+            "could not find the non-backtracking spectral radius",
+        ));
     }
     Ok(rho.max(1.0))
 }
@@ -130,6 +143,8 @@ pub struct BottomUpOptions {
     pub eigen_tol: f64,
     /// Which Bethe-Hessian embedding.
     pub spectral: SpectralMode,
+    /// Iterative eigensolver for large problems.
+    pub solver: SymmetricSolver,
 }
 
 /// The spectral embedding of the bottom-up step.
@@ -140,7 +155,11 @@ pub enum SpectralMode {
     /// `zeta_p` found by the fixed-point search (about two eigensolves per eigenvector).
     ImprovedBetheHessian,
     /// Saade et al. (2014): the `K` smallest eigenvectors of one `H_r` at `r = sqrt(rho)`
-    /// (one eigensolve; the first, uninformative, vector dropped as above).
+    /// (one eigensolve; the first, uninformative, vector dropped as above); K, when
+    /// unknown, is the number of negative eigenvalues of that `H_r`. The improved search
+    /// drives `r` towards 1, where `H_r` approaches the Laplacian and, on sparse
+    /// low-degree graphs such as power grids, its smallest eigenvalues crowd near zero and
+    /// iterative eigensolvers crawl; this mode stays at `sqrt(rho)` and is fast there.
     BetheHessian,
 }
 
@@ -154,6 +173,7 @@ impl Default for BottomUpOptions {
             refine_passes: 0,
             eigen_tol: 1e-8,
             spectral: SpectralMode::ImprovedBetheHessian,
+            solver: SymmetricSolver::Lobpcg,
         }
     }
 }
@@ -190,7 +210,9 @@ pub fn bethe_hessian_clustering(
     if let Some(k) = options.k
         && (k == 0 || k > n)
     {
-        return Err(Error::invalid(format!("K = {k} but the graph has {n} nodes")));
+        return Err(Error::invalid(format!(
+            "K = {k} but the graph has {n} nodes"
+        )));
     }
     let weighted = options.weighted && graph.is_weighted();
     let degrees = graph.degrees(weighted);
@@ -204,9 +226,15 @@ pub fn bethe_hessian_clustering(
     let rho = non_backtracking_radius(graph, &degrees, weighted)?;
     lap("non-backtracking radius", &mut timings);
 
-    let (k, k_estimated) = match options.k {
-        Some(k) => (k, false),
-        None => (estimate_k(graph, &degrees, rho, weighted, options)?, true),
+    let (k, k_estimated) = match (options.k, options.spectral) {
+        (Some(k), _) => (k, false),
+        (None, SpectralMode::ImprovedBetheHessian) => {
+            (estimate_k(graph, &degrees, rho, weighted, options)?, true)
+        }
+        (None, SpectralMode::BetheHessian) => (
+            count_negative_eigenvalues(graph, &degrees, rho, weighted, options)?,
+            true,
+        ),
     };
     lap("estimate K", &mut timings);
 
@@ -227,7 +255,15 @@ pub fn bethe_hessian_clustering(
         SpectralMode::BetheHessian => {
             let r = rho.sqrt();
             let op = BetheHessian::new(graph, &degrees, r, weighted);
-            let eig = symmetric_eigen(&op, k, Which::Smallest, options.eigen_tol, options.seed)?;
+            let eig = symmetric_eigen_with(
+                &op,
+                k,
+                Which::Smallest,
+                options.eigen_tol,
+                options.seed,
+                None,
+                options.solver,
+            )?;
             let mut embedding = vec![0.0; n * (k - 1)];
             for p in 1..k {
                 for (row, v) in eig.vector(p).iter().enumerate() {
@@ -278,17 +314,44 @@ fn estimate_k(
     let n = graph.num_nodes();
     let op = ScaledAdjacency {
         graph,
-        inv_sqrt: degrees.iter().map(|&d| 1.0 / (d + rho - 1.0).max(1e-300).sqrt()).collect(),
+        inv_sqrt: degrees
+            .iter()
+            .map(|&d| 1.0 / (d + rho - 1.0).max(1e-300).sqrt())
+            .collect(),
         weighted,
     };
     let threshold = 1.0 / rho.sqrt() + f64::EPSILON;
     let mut m = 8.min(n);
     loop {
-        let eig = symmetric_eigen(&op, m, Which::Largest, options.eigen_tol, options.seed)?;
+        // Counting needs eigenvalues only to well within their distance to the threshold.
+        let eig = symmetric_eigen(&op, m, Which::Largest, K_COUNT_TOL, options.seed)?;
         let above = eig.values.iter().filter(|&&v| v > threshold).count();
-        if std::env::var_os("HC_TRACE").is_some() { eprintln!("estimate_k: m {m} above {above} threshold {threshold} rho {rho}"); }
         if above < m || m == n {
             return Ok(above.max(1));
+        }
+        m = (2 * m).min(n);
+    }
+}
+
+/// Saade et al.'s estimate: the number of negative eigenvalues of `H_r` at `r = sqrt(rho)`.
+/// The same count asymptotically as [`estimate_k`], and far cheaper on sparse, low-degree
+/// graphs (power grids), whose normalised adjacency has a tight cluster of eigenvalues at
+/// the threshold.
+fn count_negative_eigenvalues(
+    graph: &Graph,
+    degrees: &[f64],
+    rho: f64,
+    weighted: bool,
+    options: &BottomUpOptions,
+) -> Result<usize, Error> {
+    let n = graph.num_nodes();
+    let op = BetheHessian::new(graph, degrees, rho.sqrt(), weighted);
+    let mut m = 8.min(n);
+    loop {
+        let eig = symmetric_eigen(&op, m, Which::Smallest, K_COUNT_TOL, options.seed)?;
+        let negative = eig.values.iter().filter(|&&v| v < 0.0).count();
+        if negative < m || m == n {
+            return Ok(negative.max(1));
         }
         m = (2 * m).min(n);
     }
@@ -309,10 +372,10 @@ fn informative_eigenvectors(
     let mut i = k;
     let mut zetas = vec![0.0; k];
     let mut embedding = vec![0.0; n * (k - 1)];
-    let mut start: Option<Vec<f64>> = None;
+    let mut start: Option<EigenPairs> = None;
     // The i smallest eigenpairs at the radius where level i + 1 converged are the first i
     // of that level's last solve: reuse them as this level's first iterate.
-    let mut carried: Option<crate::eigen::EigenPairs> = None;
+    let mut carried: Option<EigenPairs> = None;
     while i > 1 {
         let mut iterations = 0;
         let eig = loop {
@@ -320,13 +383,14 @@ fn informative_eigenvectors(
                 Some(previous) => truncate_pairs(previous, i),
                 None => {
                     let op = BetheHessian::new(graph, degrees, r, weighted);
-                    symmetric_eigen_from(
+                    symmetric_eigen_with(
                         &op,
                         i,
                         Which::Smallest,
                         options.eigen_tol,
                         options.seed,
-                        start.as_deref(),
+                        start.as_ref(),
+                        options.solver,
                     )?
                 }
             };
@@ -336,11 +400,7 @@ fn informative_eigenvectors(
             r = r_next;
             iterations += 1;
             // Warm start the next solve from the current eigenvectors.
-            let mut s = vec![0.0; n];
-            for j in 0..i {
-                s.iter_mut().zip(eig.vector(j)).for_each(|(a, b)| *a += b);
-            }
-            start = Some(s);
+            start = Some(eig.clone());
             if delta <= ZETA_TOL * r.max(1.0) || iterations >= 60 {
                 break eig;
             }
@@ -366,24 +426,35 @@ fn informative_eigenvectors(
     Ok((zetas[1..].to_vec(), embedding))
 }
 
+/// Eigensolver tolerance when counting eigenvalues above the K threshold.
+const K_COUNT_TOL: f64 = 1e-8;
+
 /// Relative change of `r` at which the `zeta` fixed point is accepted.
 const ZETA_TOL: f64 = 1e-5;
 
 /// The first `i` eigenpairs.
-fn truncate_pairs(mut pairs: crate::eigen::EigenPairs, i: usize) -> crate::eigen::EigenPairs {
+fn truncate_pairs(mut pairs: EigenPairs, i: usize) -> EigenPairs {
     pairs.values.truncate(i);
     pairs.vectors.truncate(i * pairs.n);
     pairs
 }
 
 /// `M = X^T D X` for the `i` eigenvectors in `vectors` (column-major).
-fn projected_degrees(vectors: &[f64], degrees: &[f64], n: usize, i: usize) -> nalgebra::DMatrix<f64> {
+fn projected_degrees(
+    vectors: &[f64],
+    degrees: &[f64],
+    n: usize,
+    i: usize,
+) -> nalgebra::DMatrix<f64> {
     let mut m = nalgebra::DMatrix::zeros(i, i);
     for a in 0..i {
         for b in a..i {
             let xa = &vectors[a * n..(a + 1) * n];
             let xb = &vectors[b * n..(b + 1) * n];
-            let v: f64 = (0..n).into_par_iter().map(|t| xa[t] * degrees[t] * xb[t]).sum();
+            let v: f64 = (0..n)
+                .into_par_iter()
+                .map(|t| xa[t] * degrees[t] * xb[t])
+                .sum();
             m[(a, b)] = v;
             m[(b, a)] = v;
         }
@@ -407,7 +478,10 @@ fn find_sol(values: &[f64], m: &nalgebra::DMatrix<f64>, r: f64) -> f64 {
         for d in 0..i {
             mat[(d, d)] += mid * values[d];
         }
-        let top = mat.symmetric_eigenvalues().iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let top = mat
+            .symmetric_eigenvalues()
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
         if top > (r - mid) * (1.0 + r * mid) {
             small = mid;
         } else {
@@ -438,8 +512,16 @@ pub fn likelihood_refinement(graph: &Graph, labels: &[usize], k: usize) -> Vec<u
     let mut log1mp = vec![0f64; k * k];
     for a in 0..k {
         for b in 0..k {
-            let pairs = if a == b { sizes[a] * (sizes[a] - 1.0) } else { sizes[a] * sizes[b] };
-            let p = if pairs > 0.0 { edges[a * k + b] / pairs } else { 0.0 };
+            let pairs = if a == b {
+                sizes[a] * (sizes[a] - 1.0)
+            } else {
+                sizes[a] * sizes[b]
+            };
+            let p = if pairs > 0.0 {
+                edges[a * k + b] / pairs
+            } else {
+                0.0
+            };
             let p = p.clamp(1e-12, 1.0 - 1e-12);
             logp[a * k + b] = p.ln();
             log1mp[a * k + b] = (-p).ln_1p();
@@ -481,7 +563,11 @@ pub fn average_linkage(graph: &Graph, labels: &[usize], k: usize, weighted: bool
     let mut w = vec![0f64; k * k];
     for u in 0..graph.num_nodes() {
         let lu = labels[u];
-        let weights = if weighted { graph.neighbor_weights(u) } else { None };
+        let weights = if weighted {
+            graph.neighbor_weights(u)
+        } else {
+            None
+        };
         for (t, &v) in graph.neighbors(u).iter().enumerate() {
             w[lu * k + labels[v as usize]] += weights.map_or(1.0, |ws| ws[t]);
         }
@@ -526,7 +612,11 @@ pub fn average_linkage(graph: &Graph, labels: &[usize], k: usize, weighted: bool
                 edge[c * total + new] = e;
             }
         }
-        let height = if weighted { 1.0 / (sim + 1.0) } else { 1.0 - sim };
+        let height = if weighted {
+            1.0 / (sim + 1.0)
+        } else {
+            1.0 - sim
+        };
         merges.push(Merge {
             a: cj,
             b: ci,
@@ -546,7 +636,10 @@ pub fn average_linkage(graph: &Graph, labels: &[usize], k: usize, weighted: bool
 }
 
 /// The whole bottom-up pipeline: spectral clustering, then average linkage.
-pub fn bottom_up(graph: &Graph, options: &BottomUpOptions) -> Result<(Dendrogram, SpectralClustering), Error> {
+pub fn bottom_up(
+    graph: &Graph,
+    options: &BottomUpOptions,
+) -> Result<(Dendrogram, SpectralClustering), Error> {
     let mut spectral = bethe_hessian_clustering(graph, options)?;
     let start = Instant::now();
     let dendrogram = average_linkage(graph, &spectral.labels, spectral.k, options.weighted);

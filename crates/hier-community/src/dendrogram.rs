@@ -41,7 +41,9 @@ impl Dendrogram {
     pub fn validate(&self) -> Result<(), Error> {
         let l = self.num_leaves;
         if let Some(&bad) = self.leaf_labels.iter().find(|&&x| x >= l) {
-            return Err(Error::invalid(format!("leaf label {bad} >= number of leaves {l}")));
+            return Err(Error::invalid(format!(
+                "leaf label {bad} >= number of leaves {l}"
+            )));
         }
         if self.merges.len() + 1 != l.max(1) {
             return Err(Error::invalid(format!(
@@ -63,7 +65,10 @@ impl Dendrogram {
                 used[c] = true;
             }
             if m.a == m.b {
-                return Err(Error::invalid(format!("merge {t} merges cluster {} with itself", m.a)));
+                return Err(Error::invalid(format!(
+                    "merge {t} merges cluster {} with itself",
+                    m.a
+                )));
             }
             let s = size[m.a] + size[m.b];
             if s != m.size {

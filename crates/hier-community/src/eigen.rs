@@ -32,6 +32,19 @@ pub trait Operator: Sync {
     fn apply(&self, x: &[f64], y: &mut [f64]);
     /// An upper bound on `|lambda|` over the spectrum (e.g. Gershgorin).
     fn norm_bound(&self) -> f64;
+    /// The diagonal, when cheap to give (enables Jacobi preconditioning in LOBPCG).
+    fn diagonal(&self) -> Option<Vec<f64>> {
+        None
+    }
+}
+
+/// Which iterative solver [`symmetric_eigen_with`] uses above [`DENSE_LIMIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymmetricSolver {
+    /// The crate's block LOBPCG ([`crate::lobpcg`]), the default.
+    Lobpcg,
+    /// faer's thick-restart Lanczos, kept for comparison in the benchmark.
+    Lanczos,
 }
 
 /// Eigenpairs: `values[j]` with eigenvector `vectors[j * n .. (j + 1) * n]`.
@@ -79,9 +92,15 @@ impl<O: Operator> Folded<'_, O> {
         self.op.apply(x, y);
         match self.which {
             // shift I - M: smallest of M become the largest (all >= 0).
-            Which::Smallest => y.iter_mut().zip(x).for_each(|(yi, xi)| *yi = self.shift * xi - *yi),
+            Which::Smallest => y
+                .iter_mut()
+                .zip(x)
+                .for_each(|(yi, xi)| *yi = self.shift * xi - *yi),
             // M + shift I: largest of M become the largest (all >= 0).
-            Which::Largest => y.iter_mut().zip(x).for_each(|(yi, xi)| *yi += self.shift * xi),
+            Which::Largest => y
+                .iter_mut()
+                .zip(x)
+                .for_each(|(yi, xi)| *yi += self.shift * xi),
         }
     }
 }
@@ -99,7 +118,13 @@ impl<O: Operator> LinOp<f64> for Folded<'_, O> {
     fn apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>, _par: Par, _stack: &mut MemStack) {
         apply_columns(out, rhs, |x, y| self.apply_vec(x, y));
     }
-    fn conj_apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>, par: Par, stack: &mut MemStack) {
+    fn conj_apply(
+        &self,
+        out: MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
         self.apply(out, rhs, par, stack)
     }
 }
@@ -134,12 +159,52 @@ pub fn symmetric_eigen(
     rel_tol: f64,
     seed: u64,
 ) -> Result<EigenPairs, Error> {
-    symmetric_eigen_from(op, k, which, rel_tol, seed, None)
+    symmetric_eigen_with(op, k, which, rel_tol, seed, None, SymmetricSolver::Lobpcg)
 }
 
-/// [`symmetric_eigen`] with an optional start vector (e.g. a combination of the
-/// eigenvectors of a nearby operator, which speeds up a sequence of related solves).
-pub fn symmetric_eigen_from(
+/// [`symmetric_eigen`] with an optional warm start (the eigenpairs of a nearby operator,
+/// which speeds up a sequence of related solves) and a choice of iterative solver.
+///
+/// Problems of at most [`DENSE_LIMIT`] rows, or asking for more than a third of the
+/// spectrum, are solved densely.
+pub fn symmetric_eigen_with(
+    op: &impl Operator,
+    k: usize,
+    which: Which,
+    rel_tol: f64,
+    seed: u64,
+    start: Option<&EigenPairs>,
+    solver: SymmetricSolver,
+) -> Result<EigenPairs, Error> {
+    let n = op.dim();
+    if k == 0 || k > n {
+        return Err(Error::invalid(format!(
+            "asked for {k} eigenpairs of a {n} x {n} operator"
+        )));
+    }
+    if n <= DENSE_LIMIT || 3 * (k + (k / 4).max(3)) > n {
+        return Ok(dense_symmetric_eigen(op, k, which));
+    }
+    match solver {
+        SymmetricSolver::Lobpcg => {
+            let diagonal = op.diagonal();
+            crate::lobpcg::lobpcg(op, k, which, rel_tol, seed, start, diagonal.as_deref())
+        }
+        SymmetricSolver::Lanczos => {
+            let start: Option<Vec<f64>> = start.map(|s| {
+                let mut v = vec![0.0; n];
+                for j in 0..s.values.len() {
+                    v.iter_mut().zip(s.vector(j)).for_each(|(a, b)| *a += b);
+                }
+                v
+            });
+            lanczos(op, k, which, rel_tol, seed, start.as_deref())
+        }
+    }
+}
+
+/// faer's thick-restart Lanczos on the folded operator.
+fn lanczos(
     op: &impl Operator,
     k: usize,
     which: Which,
@@ -148,24 +213,23 @@ pub fn symmetric_eigen_from(
     start: Option<&[f64]>,
 ) -> Result<EigenPairs, Error> {
     let n = op.dim();
-    if k == 0 || k > n {
-        return Err(Error::invalid(format!("asked for {k} eigenpairs of a {n} x {n} operator")));
-    }
-    if n <= DENSE_LIMIT {
-        return Ok(dense_symmetric_eigen(op, k, which));
-    }
     let shift = op.norm_bound().max(1e-12);
     let folded = Folded { op, shift, which };
     let par = Par::rayon(0);
+    // Guard vectors: a cluster of eigenvalues straddling the k-th one stalls the locking
+    // of the k-th Ritz pair; asking for a few more and keeping the first k avoids that.
+    let wanted = (k + (k / 4).max(4)).min(n - 1).max(k);
     let params = PartialEigenParams {
-        min_dim: (2 * k).max(24).min(n - 1),
-        max_dim: (4 * k).max(48).min(n - 1),
+        min_dim: (2 * wanted).max(24).min(n - 1),
+        max_dim: (4 * wanted).max(48).min(n - 1),
         max_restarts: 4000,
         ..Default::default()
     };
-    let mut mem = MemBuffer::new(partial_self_adjoint_eigen_scratch(&folded, k, par, params));
-    let mut vecs = Mat::<f64>::zeros(n, k);
-    let mut vals = vec![0.0; k];
+    let mut mem = MemBuffer::new(partial_self_adjoint_eigen_scratch(
+        &folded, wanted, par, params,
+    ));
+    let mut vecs = Mat::<f64>::zeros(n, wanted);
+    let mut vals = vec![0.0; wanted];
     let mut v0 = random_start(n, seed);
     if let Some(start) = start {
         // Mostly the given direction, with a little noise so no wanted vector is missed.
@@ -191,7 +255,7 @@ pub fn symmetric_eigen_from(
         )));
     }
     // Largest folded magnitude first == wanted end first.
-    let values = vals
+    let values = vals[..k]
         .iter()
         .map(|&mu| match which {
             Which::Smallest => shift - mu,
@@ -261,7 +325,13 @@ impl<F: Fn(&[f64], &mut [f64]) + Sync> LinOp<f64> for General<'_, F> {
     fn apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>, _par: Par, _stack: &mut MemStack) {
         apply_columns(out, rhs, |x, y| (self.f)(x, y));
     }
-    fn conj_apply(&self, out: MatMut<'_, f64>, rhs: MatRef<'_, f64>, par: Par, stack: &mut MemStack) {
+    fn conj_apply(
+        &self,
+        out: MatMut<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        par: Par,
+        stack: &mut MemStack,
+    ) {
         self.apply(out, rhs, par, stack)
     }
 }
@@ -289,8 +359,11 @@ pub fn general_eigenvalues(
                 m[(i, j)] = col[i];
             }
         }
-        let mut values: Vec<(f64, f64)> =
-            m.complex_eigenvalues().iter().map(|z| (z.re, z.im)).collect();
+        let mut values: Vec<(f64, f64)> = m
+            .complex_eigenvalues()
+            .iter()
+            .map(|z| (z.re, z.im))
+            .collect();
         values.sort_by(|a, b| (b.0.hypot(b.1)).total_cmp(&a.0.hypot(a.1)));
         values.truncate(k);
         return Ok(values);
@@ -338,7 +411,9 @@ mod tests {
 
     impl Reflected {
         fn new(n: usize) -> Self {
-            let v: Vec<f64> = (0..n).map(|i| ((i * 7919 % 113) as f64 - 56.0) / 56.0).collect();
+            let v: Vec<f64> = (0..n)
+                .map(|i| ((i * 7919 % 113) as f64 - 56.0) / 56.0)
+                .collect();
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
             Reflected(v.into_iter().map(|x| x / norm).collect())
         }
@@ -357,7 +432,9 @@ mod tests {
         fn apply(&self, x: &[f64], y: &mut [f64]) {
             let mut t = vec![0.0; x.len()];
             self.reflect(x, &mut t);
-            t.iter_mut().enumerate().for_each(|(i, v)| *v *= (i + 1) as f64);
+            t.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v *= (i + 1) as f64);
             self.reflect(&t, y);
         }
         fn norm_bound(&self) -> f64 {
@@ -398,6 +475,9 @@ mod tests {
         };
         let vals = general_eigenvalues(n, 3, &f, 1e-10, 3.0, 3).unwrap();
         assert!((vals[0].0.hypot(vals[0].1) - 3.0).abs() < 1e-8);
-        assert!(vals.iter().any(|v| (v.0 - 1.0).abs() < 1e-8 && v.1.abs() < 1e-8));
+        assert!(
+            vals.iter()
+                .any(|v| (v.0 - 1.0).abs() < 1e-8 && v.1.abs() < 1e-8)
+        );
     }
 }

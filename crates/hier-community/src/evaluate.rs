@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 
+use crate::Error;
 use crate::dendrogram::Dendrogram;
 use crate::io::Labels;
 use crate::metrics::{accuracy, adjusted_mutual_information, adjusted_rand_index};
-use crate::Error;
 
 /// Scores at one depth.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -47,7 +47,11 @@ pub struct Evaluation {
 }
 
 /// Aligns `labels` with the result's node ids and scores every depth.
-pub fn evaluate(node_ids: &[String], dendrogram: &Dendrogram, labels: &Labels) -> Result<Evaluation, Error> {
+pub fn evaluate(
+    node_ids: &[String],
+    dendrogram: &Dendrogram,
+    labels: &Labels,
+) -> Result<Evaluation, Error> {
     let index: rustc_hash::FxHashMap<&str, usize> = labels
         .node_ids
         .iter()
@@ -59,7 +63,9 @@ pub fn evaluate(node_ids: &[String], dendrogram: &Dendrogram, labels: &Labels) -
         match index.get(id.as_str()) {
             Some(&i) => rows.push(i),
             None => {
-                return Err(Error::invalid(format!("node {id:?} of the result has no label")));
+                return Err(Error::invalid(format!(
+                    "node {id:?} of the result has no label"
+                )));
             }
         }
     }

@@ -78,7 +78,10 @@ impl Graph {
         }
         let pairs: Vec<(u32, u32)> = merged.iter().map(|&(u, v, _)| (u, v)).collect();
         let weights: Option<Vec<f64>> = weighted.then(|| merged.iter().map(|e| e.2).collect());
-        Ok((Self::from_unique_pairs(node_ids, &pairs, weights.as_deref()), stats))
+        Ok((
+            Self::from_unique_pairs(node_ids, &pairs, weights.as_deref()),
+            stats,
+        ))
     }
 
     /// Builds a graph from pairs that are already unique with `u < v` (no validation
@@ -220,7 +223,11 @@ impl Graph {
 
     /// `y = A x` with the weighted (`weighted`) or 0/1 adjacency matrix; rows in parallel.
     pub fn adjacency_matvec(&self, x: &[f64], y: &mut [f64], weighted: bool) {
-        let weights = if weighted { self.weights.as_deref() } else { None };
+        let weights = if weighted {
+            self.weights.as_deref()
+        } else {
+            None
+        };
         y.par_iter_mut()
             .with_min_len(2048)
             .enumerate()
@@ -295,7 +302,11 @@ impl Graph {
     /// The same graph as a petgraph `UnGraph` (node weights: external ids; edge weights).
     pub fn to_petgraph(&self) -> petgraph::graph::UnGraph<String, f64> {
         let mut g = petgraph::graph::UnGraph::with_capacity(self.num_nodes(), self.num_edges());
-        let idx: Vec<_> = self.node_ids.iter().map(|id| g.add_node(id.clone())).collect();
+        let idx: Vec<_> = self
+            .node_ids
+            .iter()
+            .map(|id| g.add_node(id.clone()))
+            .collect();
         for u in 0..self.num_nodes() {
             let weights = self.neighbor_weights(u);
             for (k, &v) in self.neighbors(u).iter().enumerate() {
@@ -336,7 +347,13 @@ mod tests {
     fn builds_csr_merging_duplicates_and_dropping_self_loops() {
         let edges = [(0, 1, 1.0), (1, 0, 2.0), (2, 2, 1.0), (1, 2, 0.5)];
         let (g, stats) = Graph::from_edges(ids(3), &edges, true).unwrap();
-        assert_eq!(stats, BuildStats { self_loops: 1, duplicates: 1 });
+        assert_eq!(
+            stats,
+            BuildStats {
+                self_loops: 1,
+                duplicates: 1
+            }
+        );
         assert_eq!(g.num_edges(), 2);
         assert_eq!(g.neighbors(1), &[0, 2]);
         assert_eq!(g.edge_weight(0, 1), 3.0);

@@ -13,9 +13,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+use crate::Error;
 use crate::graph::Graph;
 use crate::tree::Tree;
-use crate::Error;
 
 /// Edge rates per depth of the lowest common ancestor (index 0 = root).
 #[derive(Debug, Clone, PartialEq)]
@@ -150,7 +150,10 @@ impl HsbmConfig {
                         (starts[a] + i as usize, starts[a] + j as usize)
                     } else {
                         let sb = self.sizes[b] as u64;
-                        (starts[a] + (idx / sb) as usize, starts[b] + (idx % sb) as usize)
+                        (
+                            starts[a] + (idx / sb) as usize,
+                            starts[b] + (idx % sb) as usize,
+                        )
                     };
                     out.push((i as u32, j as u32));
                 });
@@ -227,7 +230,8 @@ fn triangle_pair(k: u64) -> (u64, u64) {
 
 /// A seed for block pair `(a, b)` from the user's seed (SplitMix64 finaliser).
 fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

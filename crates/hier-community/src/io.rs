@@ -11,8 +11,8 @@ use std::path::Path;
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{BuildStats, Graph};
 use crate::Error;
+use crate::graph::{BuildStats, Graph};
 
 /// Opens `path` for line reading, through gzip when the name ends in `.gz`.
 fn open_lines(path: &Path) -> Result<Box<dyn BufRead>, Error> {
@@ -91,7 +91,11 @@ pub fn read_edge_list(path: &Path) -> Result<Loaded, Error> {
         }
         let w = if has_weight {
             let w: f64 = fields[2].parse().map_err(|_| {
-                Error::parse(path, line_no, format!("weight {:?} is not a number", fields[2]))
+                Error::parse(
+                    path,
+                    line_no,
+                    format!("weight {:?} is not a number", fields[2]),
+                )
             })?;
             if !w.is_finite() || w < 0.0 {
                 return Err(Error::parse(
@@ -142,15 +146,24 @@ pub fn read_sociopatterns(path: &Path, metadata: Option<&Path>) -> Result<Loaded
             ));
         }
         let parse_id = |s: &str| {
-            s.parse::<u64>()
-                .map_err(|_| Error::parse(path, line_no, format!("node id {s:?} is not an integer")))
+            s.parse::<u64>().map_err(|_| {
+                Error::parse(path, line_no, format!("node id {s:?} is not an integer"))
+            })
         };
-        fields[0]
-            .parse::<u64>()
-            .map_err(|_| Error::parse(path, line_no, format!("time {:?} is not an integer", fields[0])))?;
+        fields[0].parse::<u64>().map_err(|_| {
+            Error::parse(
+                path,
+                line_no,
+                format!("time {:?} is not an integer", fields[0]),
+            )
+        })?;
         let (i, j) = (parse_id(fields[1])?, parse_id(fields[2])?);
         if i == j {
-            return Err(Error::parse(path, line_no, format!("contact of node {i} with itself")));
+            return Err(Error::parse(
+                path,
+                line_no,
+                format!("contact of node {i} with itself"),
+            ));
         }
         class_of.entry(i).or_insert_with(|| fields[3].to_string());
         class_of.entry(j).or_insert_with(|| fields[4].to_string());
@@ -207,7 +220,11 @@ fn read_metadata(path: &Path) -> Result<BTreeMap<u64, String>, Error> {
             return Err(Error::parse(path, k + 1, "expected `id class [gender]`"));
         }
         let id = fields[0].parse::<u64>().map_err(|_| {
-            Error::parse(path, k + 1, format!("node id {:?} is not an integer", fields[0]))
+            Error::parse(
+                path,
+                k + 1,
+                format!("node id {:?} is not an integer", fields[0]),
+            )
         })?;
         table.insert(id, fields[1].to_string());
     }
@@ -266,7 +283,10 @@ pub fn read_gml(path: &Path) -> Result<Loaded, Error> {
             .map(|(_, v)| gml_scalar(v))
             .unwrap_or_else(|| id.clone());
         if ids.insert(id.clone(), names.len() as u32).is_some() {
-            return Err(Error::invalid(format!("{}: node id {id} repeated", path.display())));
+            return Err(Error::invalid(format!(
+                "{}: node id {id} repeated",
+                path.display()
+            )));
         }
         names.push(label);
     }
@@ -304,7 +324,10 @@ pub fn read_gml(path: &Path) -> Result<Loaded, Error> {
         edges.push((u, v, w));
     }
     if names.is_empty() {
-        return Err(Error::invalid(format!("{}: graph has no nodes", path.display())));
+        return Err(Error::invalid(format!(
+            "{}: graph has no nodes",
+            path.display()
+        )));
     }
     let (graph, stats) = Graph::from_edges(names, &edges, weighted)?;
     Ok(Loaded {
@@ -432,7 +455,11 @@ impl<'a> GmlParser<'a> {
                     }
                 }
                 None => {
-                    return Err(Error::parse(self.path, self.line, format!("key {key:?} has no value")));
+                    return Err(Error::parse(
+                        self.path,
+                        self.line,
+                        format!("key {key:?} has no value"),
+                    ));
                 }
             };
             items.push((key, value));
@@ -458,7 +485,11 @@ pub fn read_labels(path: &Path) -> Result<Labels, Error> {
     };
     let depth = header.split('\t').count().saturating_sub(1);
     if depth == 0 || !header.starts_with("node_id") {
-        return Err(Error::parse(path, 1, "header must be `node_id<TAB>depth_1...`"));
+        return Err(Error::parse(
+            path,
+            1,
+            "header must be `node_id<TAB>depth_1...`",
+        ));
     }
     let mut labels = Labels {
         node_ids: Vec::new(),
@@ -507,7 +538,12 @@ pub fn write_labels(path: &Path, node_ids: &[String], columns: &[Vec<usize>]) ->
 /// Writes the graph as an edge list (`u v` or `u v w`) atomically.
 pub fn write_edge_list(path: &Path, graph: &Graph) -> Result<(), Error> {
     write_atomic(path, |w| {
-        writeln!(w, "# {} nodes, {} edges", graph.num_nodes(), graph.num_edges())?;
+        writeln!(
+            w,
+            "# {} nodes, {} edges",
+            graph.num_nodes(),
+            graph.num_edges()
+        )?;
         let ids = graph.node_ids();
         for u in 0..graph.num_nodes() {
             let weights = graph.neighbor_weights(u);

@@ -59,7 +59,9 @@ pub fn kmeans(data: &[f64], dim: usize, options: &KMeansOptions) -> Result<KMean
         return Err(Error::invalid("k-means data is not n x dim"));
     }
     if k == 0 || k > n {
-        return Err(Error::invalid(format!("cannot make {k} clusters of {n} points")));
+        return Err(Error::invalid(format!(
+            "cannot make {k} clusters of {n} points"
+        )));
     }
     if data.iter().any(|x| !x.is_finite()) {
         return Err(Error::invalid("k-means data contains NaN or infinity"));
@@ -69,7 +71,10 @@ pub fn kmeans(data: &[f64], dim: usize, options: &KMeansOptions) -> Result<KMean
     let mut variance = 0.0;
     for d in 0..dim {
         let mean = (0..n).map(|i| data[i * dim + d]).sum::<f64>() / n as f64;
-        variance += (0..n).map(|i| (data[i * dim + d] - mean).powi(2)).sum::<f64>() / n as f64;
+        variance += (0..n)
+            .map(|i| (data[i * dim + d] - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
     }
     let tol = options.tol * variance / dim as f64;
 
@@ -105,8 +110,10 @@ pub fn kmeans(data: &[f64], dim: usize, options: &KMeansOptions) -> Result<KMean
                     // Empty cluster: move it to the point farthest from its centre.
                     let far = (0..n)
                         .max_by(|&a, &b| {
-                            let da = sq_dist(row(a), &centers[labels[a] * dim..(labels[a] + 1) * dim]);
-                            let db = sq_dist(row(b), &centers[labels[b] * dim..(labels[b] + 1) * dim]);
+                            let da =
+                                sq_dist(row(a), &centers[labels[a] * dim..(labels[a] + 1) * dim]);
+                            let db =
+                                sq_dist(row(b), &centers[labels[b] * dim..(labels[b] + 1) * dim]);
                             da.total_cmp(&db)
                         })
                         .expect("n > 0");
@@ -142,7 +149,10 @@ fn nearest(x: &[f64], centers: &[f64], dim: usize) -> (usize, f64) {
         .chunks_exact(dim)
         .enumerate()
         .map(|(c, center)| (c, sq_dist(x, center)))
-        .fold((0, f64::INFINITY), |best, cur| if cur.1 < best.1 { cur } else { best })
+        .fold(
+            (0, f64::INFINITY),
+            |best, cur| if cur.1 < best.1 { cur } else { best },
+        )
 }
 
 /// Greedy k-means++ (Arthur and Vassilvitskii, with scikit-learn's local trials).
@@ -153,7 +163,10 @@ fn plus_plus(data: &[f64], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<f6
     let mut centers = Vec::with_capacity(k * dim);
     let first = rng.random_range(0..n);
     centers.extend_from_slice(row(first));
-    let mut closest: Vec<f64> = (0..n).into_par_iter().map(|i| sq_dist(row(i), row(first))).collect();
+    let mut closest: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| sq_dist(row(i), row(first)))
+        .collect();
     let mut potential: f64 = closest.iter().sum();
     for _ in 1..k {
         let mut cumulative = Vec::with_capacity(n);
@@ -201,7 +214,11 @@ mod tests {
         let result = kmeans(&data, 2, &KMeansOptions::new(3, 1)).unwrap();
         for blob in 0..3 {
             let l = result.labels[blob * 50];
-            assert!(result.labels[blob * 50..(blob + 1) * 50].iter().all(|&x| x == l));
+            assert!(
+                result.labels[blob * 50..(blob + 1) * 50]
+                    .iter()
+                    .all(|&x| x == l)
+            );
         }
         let distinct: std::collections::BTreeSet<_> = result.labels.iter().collect();
         assert_eq!(distinct.len(), 3);

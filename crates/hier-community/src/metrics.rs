@@ -35,8 +35,12 @@ fn contingency(truth: &[usize], pred: &[usize]) -> Contingency {
     for (a, b) in t.iter().zip(&p) {
         table[a * cols + b] += 1;
     }
-    let row_sums = (0..rows).map(|r| table[r * cols..(r + 1) * cols].iter().sum()).collect();
-    let col_sums = (0..cols).map(|c| (0..rows).map(|r| table[r * cols + c]).sum()).collect();
+    let row_sums = (0..rows)
+        .map(|r| table[r * cols..(r + 1) * cols].iter().sum())
+        .collect();
+    let col_sums = (0..cols)
+        .map(|c| (0..rows).map(|r| table[r * cols + c]).sum())
+        .collect();
     Contingency {
         rows,
         cols,
@@ -56,12 +60,15 @@ pub fn accuracy(truth: &[usize], pred: &[usize]) -> f64 {
     }
     let c = contingency(truth, pred);
     // kuhn_munkres needs rows <= columns: match the smaller side into the larger.
-    let (r, k, get): (usize, usize, Box<dyn Fn(usize, usize) -> i64>) = if c.rows <= c.cols {
-        (c.rows, c.cols, Box::new(|i, j| c.table[i * c.cols + j] as i64))
+    let weights = if c.rows <= c.cols {
+        pathfinding::matrix::Matrix::from_fn(c.rows, c.cols, |(i, j)| {
+            c.table[i * c.cols + j] as i64
+        })
     } else {
-        (c.cols, c.rows, Box::new(|i, j| c.table[j * c.cols + i] as i64))
+        pathfinding::matrix::Matrix::from_fn(c.cols, c.rows, |(i, j)| {
+            c.table[j * c.cols + i] as i64
+        })
     };
-    let weights = pathfinding::matrix::Matrix::from_fn(r, k, |(i, j)| get(i, j));
     let (matched, _) = pathfinding::kuhn_munkres::kuhn_munkres(&weights);
     matched as f64 / c.n as f64
 }

@@ -12,9 +12,9 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::Error;
 use crate::dendrogram::{Dendrogram, Merge};
 use crate::graph::Graph;
-use crate::Error;
 
 /// Runs Paris on `graph` (weighted when the graph has weights and `weighted` is set).
 pub fn paris(graph: &Graph, weighted: bool) -> Result<Dendrogram, Error> {
@@ -26,14 +26,18 @@ pub fn paris(graph: &Graph, weighted: bool) -> Result<Dendrogram, Error> {
     let total = 2 * n - 1;
     let mut adj: Vec<FxHashMap<u32, f64>> = Vec::with_capacity(total);
     let mut w = vec![0f64; total];
-    for u in 0..n {
-        let weights = if use_weights { graph.neighbor_weights(u) } else { None };
+    for (u, wu) in w.iter_mut().enumerate().take(n) {
+        let weights = if use_weights {
+            graph.neighbor_weights(u)
+        } else {
+            None
+        };
         let mut map = FxHashMap::default();
         for (k, &v) in graph.neighbors(u).iter().enumerate() {
             let x = weights.map_or(1.0, |ws| ws[k]);
             if x > 0.0 {
                 map.insert(v, x);
-                w[u] += x;
+                *wu += x;
             }
         }
         adj.push(map);
@@ -74,7 +78,11 @@ pub fn paris(graph: &Graph, weighted: bool) -> Result<Dendrogram, Error> {
                     let density = adj[a][&(b as u32)] / (size[a] as f64 * size[b] as f64);
                     raw.push((a, b, dmin, size[a] + size[b], density));
                     // Merge the adjacency maps, smaller into larger.
-                    let (big, small) = if adj[a].len() >= adj[b].len() { (a, b) } else { (b, a) };
+                    let (big, small) = if adj[a].len() >= adj[b].len() {
+                        (a, b)
+                    } else {
+                        (b, a)
+                    };
                     let mut merged = std::mem::take(&mut adj[big]);
                     let small_map = std::mem::take(&mut adj[small]);
                     merged.remove(&(small as u32));
@@ -138,7 +146,11 @@ pub fn paris(graph: &Graph, weighted: bool) -> Result<Dendrogram, Error> {
         .map(|r| r.2)
         .filter(|h| h.is_finite())
         .fold(0.0f64, f64::max);
-    let join_height = if finite_max > 0.0 { 2.0 * finite_max } else { 1.0 };
+    let join_height = if finite_max > 0.0 {
+        2.0 * finite_max
+    } else {
+        1.0
+    };
     let merges = order
         .iter()
         .map(|&t| {

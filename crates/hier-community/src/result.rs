@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dendrogram::{Dendrogram, Merge};
 use crate::Error;
+use crate::dendrogram::{Dendrogram, Merge};
 
 /// The serialised outcome of one clustering run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,10 +45,14 @@ impl ClusterResult {
     /// The dendrogram this result describes (validated).
     pub fn dendrogram(&self) -> Result<Dendrogram, Error> {
         if self.merge_densities.len() != self.linkage.len() {
-            return Err(Error::invalid("result: merge_densities and linkage differ in length"));
+            return Err(Error::invalid(
+                "result: merge_densities and linkage differ in length",
+            ));
         }
         if self.leaf_labels.len() != self.node_ids.len() {
-            return Err(Error::invalid("result: leaf_labels and node_ids differ in length"));
+            return Err(Error::invalid(
+                "result: leaf_labels and node_ids differ in length",
+            ));
         }
         let merges = self
             .linkage
@@ -60,7 +64,9 @@ impl ClusterResult {
                     if x >= 0.0 && x.fract() == 0.0 {
                         Ok(x as usize)
                     } else {
-                        Err(Error::invalid(format!("result: linkage row {t}: {what} {x} is not a count")))
+                        Err(Error::invalid(format!(
+                            "result: linkage row {t}: {what} {x} is not a count"
+                        )))
                     }
                 };
                 Ok(Merge {
@@ -82,7 +88,12 @@ impl ClusterResult {
     }
 
     /// Packs a dendrogram with its metadata.
-    pub fn new(method: &str, node_ids: Vec<String>, dendrogram: &Dendrogram, k_estimated: bool) -> Self {
+    pub fn new(
+        method: &str,
+        node_ids: Vec<String>,
+        dendrogram: &Dendrogram,
+        k_estimated: bool,
+    ) -> Self {
         ClusterResult {
             method: method.to_string(),
             node_ids,

@@ -8,15 +8,18 @@
 //! divergence is that of the aggregated block model and is never larger, so its condition
 //! is stricter.
 
-use crate::hsbm::{HsbmConfig, Rates};
 use crate::Error;
+use crate::hsbm::{HsbmConfig, Rates};
 
 /// `sup_t sum_c pi_c [t x_c + (1-t) y_c - x_c^t y_c^(1-t)]` and the maximising `t`.
 ///
 /// The objective is concave in `t` (the subtracted term is convex), so a golden-section
 /// search on `[0, 1]` finds the supremum.
 pub fn chernoff_hellinger(x: &[f64], y: &[f64], pi: &[f64]) -> (f64, f64) {
-    assert!(x.len() == y.len() && x.len() == pi.len(), "rate vectors of different lengths");
+    assert!(
+        x.len() == y.len() && x.len() == pi.len(),
+        "rate vectors of different lengths"
+    );
     let f = |t: f64| -> f64 {
         x.iter()
             .zip(y)
@@ -63,7 +66,9 @@ pub fn chernoff_hellinger(x: &[f64], y: &[f64], pi: &[f64]) -> (f64, f64) {
     let candidates = [(f(t), t), (f(0.0), 0.0), (f(1.0), 1.0)];
     candidates
         .into_iter()
-        .fold((f64::NEG_INFINITY, 0.0), |best, c| if c.0 > best.0 { c } else { best })
+        .fold((f64::NEG_INFINITY, 0.0), |best, c| {
+            if c.0 > best.0 { c } else { best }
+        })
 }
 
 /// Divergences and per-depth conditions of one HSBM.
@@ -106,7 +111,9 @@ impl Thresholds {
         }
         let pi: Vec<f64> = config.sizes.iter().map(|&s| s as f64 / n).collect();
         let rate = |x: usize, y: usize| a[tree.lca_depth(leaves[x], leaves[y])];
-        let rows: Vec<Vec<f64>> = (0..k).map(|x| (0..k).map(|y| rate(x, y)).collect()).collect();
+        let rows: Vec<Vec<f64>> = (0..k)
+            .map(|x| (0..k).map(|y| rate(x, y)).collect())
+            .collect();
 
         let mut ch_by_lca: Vec<Option<f64>> = vec![None; depth + 1];
         for x in 0..k {

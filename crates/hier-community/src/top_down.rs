@@ -14,12 +14,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
 use crate::bottom_up::BetheHessian;
 use crate::dendrogram::{Dendrogram, Merge};
 use crate::eigen::{Operator, Which, general_eigenvalues, symmetric_eigen};
 use crate::graph::Graph;
 use crate::kmeans::{KMeansOptions, kmeans};
-use crate::Error;
 
 /// The regularisation constant of the official code.
 pub const TAU: f64 = 0.1;
@@ -93,7 +93,11 @@ impl Operator for RegularisedAdjacency<'_> {
 }
 
 /// Whether the cluster should be split further.
-fn should_split(graph: &Graph, rule: StoppingRule, options: &TopDownOptions) -> Result<bool, Error> {
+fn should_split(
+    graph: &Graph,
+    rule: StoppingRule,
+    options: &TopDownOptions,
+) -> Result<bool, Error> {
     let n = graph.num_nodes();
     if n < 2 || graph.num_edges() == 0 {
         return Ok(false);
@@ -109,7 +113,13 @@ fn should_split(graph: &Graph, rule: StoppingRule, options: &TopDownOptions) -> 
                 _ => (sum_d2 / (sum_d - 1.0)).max(0.0).sqrt(),
             };
             let unweighted = BetheHessian::new(graph, &d, r, false);
-            let eig = symmetric_eigen(&unweighted, 2.min(n), Which::Smallest, options.eigen_tol, options.seed)?;
+            let eig = symmetric_eigen(
+                &unweighted,
+                2.min(n),
+                Which::Smallest,
+                options.eigen_tol,
+                options.seed,
+            )?;
             Ok(eig.values.iter().filter(|&&v| v < 0.0).count() >= 2)
         }
         StoppingRule::NonBacktracking => {
@@ -213,15 +223,29 @@ pub fn top_down(graph: &Graph, options: &TopDownOptions) -> Result<Dendrogram, E
                 }
                 let [side0, side1] = sides;
                 let left = tree.len();
-                tree.push(SplitNode { depth, children: None, leaf_id: None });
-                tree.push(SplitNode { depth, children: None, leaf_id: None });
+                tree.push(SplitNode {
+                    depth,
+                    children: None,
+                    leaf_id: None,
+                });
+                tree.push(SplitNode {
+                    depth,
+                    children: None,
+                    leaf_id: None,
+                });
                 tree[t].children = Some((left, left + 1));
                 stack.push((side0, left));
                 stack.push((side1, left + 1));
             }
         }
     }
-    Ok(linkage_from_splits(graph, &tree, leaf_of_node, num_leaves, options.weighted))
+    Ok(linkage_from_splits(
+        graph,
+        &tree,
+        leaf_of_node,
+        num_leaves,
+        options.weighted,
+    ))
 }
 
 fn linkage_from_splits(
@@ -233,7 +257,9 @@ fn linkage_from_splits(
 ) -> Dendrogram {
     let max_depth = tree.iter().map(|s| s.depth).max().unwrap_or(0);
     // Internal nodes, deepest first; ties in creation order.
-    let mut internal: Vec<usize> = (0..tree.len()).filter(|&t| tree[t].children.is_some()).collect();
+    let mut internal: Vec<usize> = (0..tree.len())
+        .filter(|&t| tree[t].children.is_some())
+        .collect();
     internal.sort_by_key(|&t| (std::cmp::Reverse(tree[t].depth), t));
     let mut cluster_id = vec![usize::MAX; tree.len()];
     let mut leaves_below = vec![0usize; tree.len()];
@@ -264,12 +290,19 @@ fn linkage_from_splits(
     let mut cross = vec![0f64; tree.len()];
     let use_weights = weighted && graph.is_weighted();
     for u in 0..graph.num_nodes() {
-        let weights = if use_weights { graph.neighbor_weights(u) } else { None };
+        let weights = if use_weights {
+            graph.neighbor_weights(u)
+        } else {
+            None
+        };
         for (k, &v) in graph.neighbors(u).iter().enumerate() {
             if (u as u32) >= v {
                 continue;
             }
-            let (mut a, mut b) = (leaf_node[leaf_labels[u]], leaf_node[leaf_labels[v as usize]]);
+            let (mut a, mut b) = (
+                leaf_node[leaf_labels[u]],
+                leaf_node[leaf_labels[v as usize]],
+            );
             if a == b {
                 continue;
             }

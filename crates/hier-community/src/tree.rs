@@ -24,7 +24,9 @@ impl Tree {
             )));
         }
         if (arity as f64).powi(depth as i32) > 1e7 {
-            return Err(Error::invalid(format!("{arity}^{depth} leaves is too many")));
+            return Err(Error::invalid(format!(
+                "{arity}^{depth} leaves is too many"
+            )));
         }
         let mut parents = vec![None];
         let mut frontier = vec![0usize];
@@ -56,7 +58,9 @@ impl Tree {
         for (i, p) in parents.iter().enumerate() {
             if let Some(p) = *p {
                 if p >= n {
-                    return Err(Error::invalid(format!("node {i} has parent {p} outside 0..{n}")));
+                    return Err(Error::invalid(format!(
+                        "node {i} has parent {p} outside 0..{n}"
+                    )));
                 }
                 children[p].push(i);
             }
@@ -132,7 +136,11 @@ impl Tree {
 
     /// Depth of the deepest leaf.
     pub fn max_depth(&self) -> usize {
-        self.leaves.iter().map(|&l| self.depth[l]).max().unwrap_or(0)
+        self.leaves
+            .iter()
+            .map(|&l| self.depth[l])
+            .max()
+            .unwrap_or(0)
     }
 
     /// Depth of tree node `u`.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use hier_community::bottom_up::{BottomUpOptions, SpectralMode, bottom_up};
+use hier_community::eigen::SymmetricSolver;
 use hier_community::evaluate::evaluate;
 use hier_community::hsbm::{HsbmConfig, Rates};
 use hier_community::io::{self, Loaded};
@@ -21,7 +22,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "hier-community", version, about = "Hierarchical community detection: bottom-up vs top-down")]
+#[command(
+    name = "hier-community",
+    version,
+    about = "Hierarchical community detection: bottom-up vs top-down"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,6 +89,12 @@ enum Command {
         /// Bethe-Hessian at r = sqrt(rho), faster on large graphs).
         #[arg(long, value_enum, default_value_t = Spectral::Improved)]
         spectral: Spectral,
+        /// Iterative eigensolver for graphs above a few hundred nodes.
+        #[arg(long, value_enum, default_value_t = Solver::Lobpcg)]
+        solver: Solver,
+        /// Relative residual tolerance of the eigensolver.
+        #[arg(long, default_value_t = 1e-8)]
+        eigen_tol: f64,
         #[arg(long)]
         out: PathBuf,
     },
@@ -123,6 +134,12 @@ enum Method {
     BottomUp,
     TopDown,
     Paris,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Solver {
+    Lobpcg,
+    Lanczos,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,10 +224,14 @@ fn run(cli: Cli) -> Result<()> {
             stopping,
             refine,
             spectral,
+            solver,
+            eigen_tol,
             out,
         } => {
             if k.is_some() && method != Method::BottomUp {
-                bail!("--k applies to the bottom-up method only (top-down stops by its rule; Paris starts from singletons)");
+                bail!(
+                    "--k applies to the bottom-up method only (top-down stops by its rule; Paris starts from singletons)"
+                );
             }
             let bar = spinner("reading the graph");
             let start = Instant::now();
@@ -233,7 +254,9 @@ fn run(cli: Cli) -> Result<()> {
             let start = Instant::now();
             let (name, dendrogram, k_estimated, mut timings, params) = match method {
                 Method::BottomUp => {
-                    bar.set_message("bottom-up: Bethe-Hessian spectral clustering + average linkage");
+                    bar.set_message(
+                        "bottom-up: Bethe-Hessian spectral clustering + average linkage",
+                    );
                     let options = BottomUpOptions {
                         k,
                         weighted,
@@ -243,13 +266,24 @@ fn run(cli: Cli) -> Result<()> {
                             Spectral::Improved => SpectralMode::ImprovedBetheHessian,
                             Spectral::Classic => SpectralMode::BetheHessian,
                         },
+                        solver: match solver {
+                            Solver::Lobpcg => SymmetricSolver::Lobpcg,
+                            Solver::Lanczos => SymmetricSolver::Lanczos,
+                        },
+                        eigen_tol,
                         ..Default::default()
                     };
                     let (d, spectral) = bottom_up(&graph, &options)?;
                     let params = json!({"k": k, "estimated_k": spectral.k, "rho": spectral.rho,
                         "zetas": spectral.zetas, "refine_passes": refine,
-                        "spectral": options.spectral});
-                    ("bottom-up", d, spectral.k_estimated, spectral.timings, params)
+                        "spectral": options.spectral, "eigen_tol": eigen_tol});
+                    (
+                        "bottom-up",
+                        d,
+                        spectral.k_estimated,
+                        spectral.timings,
+                        params,
+                    )
                 }
                 Method::TopDown => {
                     bar.set_message("top-down: recursive regularised spectral bipartition");
@@ -270,22 +304,35 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 Method::Paris => {
                     bar.set_message("Paris: nearest-neighbour chain");
-                    ("paris", paris(&graph, weighted)?, false, Vec::new(), json!({}))
+                    (
+                        "paris",
+                        paris(&graph, weighted)?,
+                        false,
+                        Vec::new(),
+                        json!({}),
+                    )
                 }
             };
             bar.finish_and_clear();
             let total = start.elapsed().as_secs_f64();
             timings.insert(0, ("load".to_string(), load_time));
             timings.push(("total clustering".to_string(), total));
-            let mut result = ClusterResult::new(name, graph.node_ids().to_vec(), &dendrogram, k_estimated);
+            let mut result =
+                ClusterResult::new(name, graph.node_ids().to_vec(), &dendrogram, k_estimated);
             if let serde_json::Value::Object(map) = params {
                 result.parameters.extend(map);
             }
             result.parameters.insert("seed".into(), json!(seed));
             result.parameters.insert("weighted".into(), json!(weighted));
-            result.graph.insert("nodes".into(), json!(graph.num_nodes()));
-            result.graph.insert("edges".into(), json!(graph.num_edges()));
-            result.graph.insert("weighted".into(), json!(graph.is_weighted()));
+            result
+                .graph
+                .insert("nodes".into(), json!(graph.num_nodes()));
+            result
+                .graph
+                .insert("edges".into(), json!(graph.num_edges()));
+            result
+                .graph
+                .insert("weighted".into(), json!(graph.is_weighted()));
             result.timings = timings;
             result.write(&out)?;
             println!(
@@ -297,23 +344,41 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Evaluate { result, labels, json } => {
+        Command::Evaluate {
+            result,
+            labels,
+            json,
+        } => {
             let r = ClusterResult::read(&result)?;
-            let d = r.dendrogram().with_context(|| format!("invalid result {}", result.display()))?;
+            let d = r
+                .dendrogram()
+                .with_context(|| format!("invalid result {}", result.display()))?;
             let l = io::read_labels(&labels)?;
             let e = evaluate(&r.node_ids, &d, &l)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
                 return Ok(());
             }
-            println!("method {}: {} leaf clusters{}", r.method, e.num_leaves,
-                if r.k_estimated { " (K estimated)" } else { "" });
-            println!("{:>5}  {:>6}  {:>5}  {:>8}  {:>5}  {:>7}  {:>7}", "depth", "true_k", "cut_k", "accuracy", "exact", "AMI", "ARI");
+            println!(
+                "method {}: {} leaf clusters{}",
+                r.method,
+                e.num_leaves,
+                if r.k_estimated { " (K estimated)" } else { "" }
+            );
+            println!(
+                "{:>5}  {:>6}  {:>5}  {:>8}  {:>5}  {:>7}  {:>7}",
+                "depth", "true_k", "cut_k", "accuracy", "exact", "AMI", "ARI"
+            );
             for s in &e.depths {
                 println!(
                     "{:>5}  {:>6}  {:>5}  {:>8.4}  {:>5}  {:>7.4}  {:>7.4}",
-                    s.depth, s.true_k, s.cut_k, s.accuracy,
-                    if s.exact_recovery { "yes" } else { "no" }, s.ami, s.ari
+                    s.depth,
+                    s.true_k,
+                    s.cut_k,
+                    s.accuracy,
+                    if s.exact_recovery { "yes" } else { "no" },
+                    s.ami,
+                    s.ari
                 );
             }
             println!(
@@ -321,14 +386,30 @@ fn run(cli: Cli) -> Result<()> {
                 e.inversions_at_true_k, e.merges_at_true_k, e.inversions
             );
             if e.missing_nodes > 0 {
-                println!("{} labelled nodes are not in the graph and were left out", e.missing_nodes);
+                println!(
+                    "{} labelled nodes are not in the graph and were left out",
+                    e.missing_nodes
+                );
             }
             Ok(())
         }
-        Command::Threshold { tree, a, sizes, json } => {
+        Command::Threshold {
+            tree,
+            a,
+            sizes,
+            json,
+        } => {
             let tree = Tree::parse(&tree)?;
-            let sizes = if sizes.is_empty() { vec![1000; tree.num_leaves()] } else { sizes };
-            let config = HsbmConfig { tree: tree.clone(), sizes, rates: Rates::LogScaled(a.clone()) };
+            let sizes = if sizes.is_empty() {
+                vec![1000; tree.num_leaves()]
+            } else {
+                sizes
+            };
+            let config = HsbmConfig {
+                tree: tree.clone(),
+                sizes,
+                rates: Rates::LogScaled(a.clone()),
+            };
             let t = Thresholds::of(&config)?;
             let closed = (tree.balanced_arity() == Some(2)).then(|| {
                 (0..tree.max_depth())
@@ -336,11 +417,14 @@ fn run(cli: Cli) -> Result<()> {
                     .collect::<Vec<_>>()
             });
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({
-                    "ch_by_lca_depth": t.ch_by_lca, "bottom_up_by_depth": t.bottom_up,
-                    "td_by_split_depth": t.td_by_depth, "top_down_by_depth": t.top_down,
-                    "balanced_binary_closed_form": closed,
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "ch_by_lca_depth": t.ch_by_lca, "bottom_up_by_depth": t.bottom_up,
+                        "td_by_split_depth": t.td_by_depth, "top_down_by_depth": t.top_down,
+                        "balanced_binary_closed_form": closed,
+                    }))?
+                );
                 return Ok(());
             }
             println!("pairwise Chernoff-Hellinger divergence by depth of the common ancestor:");
@@ -359,8 +443,16 @@ fn run(cli: Cli) -> Result<()> {
                 let (bu, td) = (t.bottom_up[l - 1], t.top_down[l - 1]);
                 println!(
                     "  depth {l}: bottom-up {bu:.4} ({}), top-down {td:.4} ({})",
-                    if bu > 1.0 { "recoverable" } else { "not recoverable" },
-                    if td > 1.0 { "recoverable" } else { "not recoverable" }
+                    if bu > 1.0 {
+                        "recoverable"
+                    } else {
+                        "not recoverable"
+                    },
+                    if td > 1.0 {
+                        "recoverable"
+                    } else {
+                        "not recoverable"
+                    }
                 );
             }
             Ok(())
