@@ -40,7 +40,7 @@ pub const PAPERS: &[Paper] = &[
         name: "hier-community",
         title: "Dreveton et al., When Does Bottom-up Beat Top-down in Hierarchical Community Detection?",
         issue: 3,
-        reproduction: None,
+        reproduction: Some(crate::papers::hier_community::reproduce),
     },
     Paper {
         name: "mobiletl",

@@ -12,6 +12,7 @@ pub mod docs;
 pub mod eval;
 pub mod fetch;
 pub mod manifest;
+pub mod papers;
 pub mod report;
 
 use std::path::PathBuf;
