@@ -93,7 +93,7 @@ impl Operator for RegularisedAdjacency<'_> {
 }
 
 /// Whether the cluster should be split further.
-fn should_split(
+pub fn should_split(
     graph: &Graph,
     rule: StoppingRule,
     options: &TopDownOptions,
@@ -146,7 +146,7 @@ fn should_split(
 }
 
 /// Splits `graph` in two; `None` when k-means puts every node on one side.
-fn bipartition(graph: &Graph, options: &TopDownOptions) -> Result<Option<Vec<usize>>, Error> {
+pub fn bipartition(graph: &Graph, options: &TopDownOptions) -> Result<Option<Vec<usize>>, Error> {
     let n = graph.num_nodes();
     let weighted = options.weighted && graph.is_weighted();
     let d = graph.degrees(weighted);
