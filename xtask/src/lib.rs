@@ -17,6 +17,10 @@ pub mod report;
 
 use std::path::PathBuf;
 
+/// Every xtask binary and test counts its heap use, so benchmarks can report peak memory.
+#[global_allocator]
+static ALLOCATOR: bench::alloc::CountingAllocator = bench::alloc::CountingAllocator;
+
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -52,7 +52,7 @@ enum Cmd {
         /// backends, hier-community, mobilenet, mobiletl, moat, sd, hidiffusion, llm, mixlora.
         target: String,
         /// Extra arguments for the benchmark.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Refresh the generated docs pages and build the mdBook site.
@@ -173,6 +173,7 @@ fn bench_command(root: &std::path::Path, target: &str, args: &[String]) -> Resul
     }
     let report = match target {
         "backends" => bench::backends::run()?,
+        "hier-community" => bench::hier_community::run(args)?,
         other => bail!("benchmark {other} has no runner"),
     };
     for table in &report.tables {

@@ -19,7 +19,9 @@ use rayon::prelude::*;
 
 use crate::Error;
 use crate::dendrogram::{Dendrogram, Merge};
-use crate::eigen::{EigenPairs, Operator, SymmetricSolver, Which, symmetric_eigen, symmetric_eigen_with};
+use crate::eigen::{
+    EigenPairs, Operator, SymmetricSolver, Which, symmetric_eigen, symmetric_eigen_with,
+};
 use crate::graph::Graph;
 use crate::kmeans::{KMeansOptions, kmeans};
 
@@ -97,7 +99,11 @@ impl Operator for ScaledAdjacency<'_> {
 /// the spectrum lies within `max(sqrt(rho), second real eigenvalue)`, so the iteration
 /// converges geometrically. (faer's Krylov-Schur solver took up to 100 s on dense
 /// 1,600-node HSBMs where this takes milliseconds.)
-pub fn non_backtracking_radius(graph: &Graph, degrees: &[f64], weighted: bool) -> Result<f64, Error> {
+pub fn non_backtracking_radius(
+    graph: &Graph,
+    degrees: &[f64],
+    weighted: bool,
+) -> Result<f64, Error> {
     let n = graph.num_nodes();
     let mut x1: Vec<f64> = degrees.iter().map(|&d| d.max(1.0)).collect();
     let mut x2 = vec![1.0; n];
@@ -122,7 +128,9 @@ pub fn non_backtracking_radius(graph: &Graph, degrees: &[f64], weighted: bool) -
         let next = dot / old - 1.0;
         let norm = norm.sqrt();
         if norm == 0.0 || !norm.is_finite() {
-            return Err(Error::invalid("non-backtracking power iteration broke down"));
+            return Err(Error::invalid(
+                "non-backtracking power iteration broke down",
+            ));
         }
         for i in 0..n {
             x1[i] = y1[i] / norm;
@@ -133,7 +141,9 @@ pub fn non_backtracking_radius(graph: &Graph, degrees: &[f64], weighted: bool) -
         }
         estimate = next;
     }
-    Err(Error::invalid("non-backtracking power iteration did not converge"))
+    Err(Error::invalid(
+        "non-backtracking power iteration did not converge",
+    ))
 }
 
 /// Settings of the bottom-up algorithm.

@@ -26,6 +26,37 @@ pub enum Rates {
     Probabilities(Vec<f64>),
 }
 
+impl Rates {
+    /// Log-scaled rates rescaled so that a balanced binary HSBM with equal communities on
+    /// `n` nodes has the given mean degree (for benchmarks at a prescribed density). The
+    /// mean degree is `ln(n) * sum_g a_g * (fraction of nodes at common-ancestor depth g)`.
+    pub fn scaled_to_mean_degree(self, mean_degree: f64, n: usize) -> Rates {
+        match self {
+            Rates::LogScaled(a) => {
+                let depth = a.len() - 1;
+                // Fraction of other nodes whose common ancestor is at depth g: 2^-(g+1) for
+                // g < depth, 2^-depth for the own leaf.
+                let weight = |g: usize| {
+                    if g < depth {
+                        0.5f64.powi(g as i32 + 1)
+                    } else {
+                        0.5f64.powi(depth as i32)
+                    }
+                };
+                let current: f64 = a
+                    .iter()
+                    .enumerate()
+                    .map(|(g, v)| v * weight(g))
+                    .sum::<f64>()
+                    * (n as f64).ln();
+                let factor = mean_degree / current;
+                Rates::LogScaled(a.into_iter().map(|v| v * factor).collect())
+            }
+            other => other,
+        }
+    }
+}
+
 /// A hierarchical SBM: tree, community sizes and rates.
 #[derive(Debug, Clone)]
 pub struct HsbmConfig {

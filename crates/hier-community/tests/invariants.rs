@@ -10,9 +10,13 @@ use hier_community::tree::Tree;
 use proptest::prelude::*;
 
 fn small_hsbm(seed: u64, leaf: usize, a: [f64; 3]) -> hier_community::hsbm::Hsbm {
-    HsbmConfig::with_equal_sizes(Tree::balanced(2, 2).unwrap(), leaf, Rates::LogScaled(a.to_vec()))
-        .generate(seed)
-        .unwrap()
+    HsbmConfig::with_equal_sizes(
+        Tree::balanced(2, 2).unwrap(),
+        leaf,
+        Rates::LogScaled(a.to_vec()),
+    )
+    .generate(seed)
+    .unwrap()
 }
 
 proptest! {

@@ -4,7 +4,9 @@
 //! implementations measured in the same run (flex vs ndarray, this workspace vs PyTorch
 //! when `REFERENCE_PYTHON` names a Python with the reference packages).
 
+pub mod alloc;
 pub mod backends;
+pub mod hier_community;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,8 +23,8 @@ pub const TARGETS: &[(&str, &str, Option<u32>)] = &[
     ),
     (
         "hier-community",
-        "bottom-up pipeline at n = 100k, m = 1.44M",
-        Some(3),
+        "bottom-up pipeline at n = 100k, m = 1.44M, and a 10M-edge HSBM",
+        None,
     ),
     (
         "mobilenet",

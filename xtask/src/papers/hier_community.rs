@@ -4,7 +4,9 @@
 use anyhow::Result;
 use hier_community::bottom_up::SpectralMode;
 use hier_community::hsbm::{HsbmConfig, Rates};
-use hier_community::reproduce::{Fig2Options, fig2, fig2_regions, high_school, plot_fig2, power_grid};
+use hier_community::reproduce::{
+    Fig2Options, fig2, fig2_regions, high_school, plot_fig2, power_grid,
+};
 use hier_community::theory::Thresholds;
 use hier_community::tree::Tree;
 
@@ -35,10 +37,18 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
         &["quantity", "paper", "this implementation"],
     );
     for (k, paper) in [(0, "2.08"), (1, "1.13"), (2, "0.64")] {
-        table.row([format!("CH_{k}"), paper.to_string(), fmt_f(t.ch_by_lca[k].unwrap_or(f64::NAN), 4)]);
+        table.row([
+            format!("CH_{k}"),
+            paper.to_string(),
+            fmt_f(t.ch_by_lca[k].unwrap_or(f64::NAN), 4),
+        ]);
     }
     for (k, paper) in [(0, "1.51"), (1, "0.88")] {
-        table.row([format!("TD_{k}"), paper.to_string(), fmt_f(t.td_by_depth[k].unwrap_or(f64::NAN), 4)]);
+        table.row([
+            format!("TD_{k}"),
+            paper.to_string(),
+            fmt_f(t.td_by_depth[k].unwrap_or(f64::NAN), 4),
+        ]);
     }
     table.note("CH: numerical sup over t of the Chernoff-Hellinger objective; TD: the same on the aggregated block model a top-down split sees.");
     report.tables.push(table);
@@ -50,7 +60,10 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
         Fig2Options::paper(5.0, 5)
     };
     let cells = fig2(&fig)?;
-    write_atomic(&out_dir.join("fig2.json"), serde_json::to_string_pretty(&cells)?.as_bytes())?;
+    write_atomic(
+        &out_dir.join("fig2.json"),
+        serde_json::to_string_pretty(&cells)?.as_bytes(),
+    )?;
     plot_fig2(&cells, &fig, &out_dir.join("fig2.svg"))?;
     let mut table = Table::new(
         format!(
@@ -59,7 +72,15 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
             fig.a1.get(1).map_or(0.0, |x| x - fig.a1[0]),
             fig.seeds
         ),
-        &["depth", "bottom-up", "top-down", "only bottom-up", "only top-down", "theory bottom-up", "theory top-down"],
+        &[
+            "depth",
+            "bottom-up",
+            "top-down",
+            "only bottom-up",
+            "only top-down",
+            "theory bottom-up",
+            "theory top-down",
+        ],
     );
     for r in fig2_regions(&cells) {
         table.row([
@@ -81,7 +102,15 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
     // High-school contacts.
     let mut table = Table::new(
         "High-school contacts 2013, K = 9 classes (weights ln(contacts))",
-        &["method", "paper AMI", "AMI", "paper accuracy", "accuracy", "inverted merges (of K-1)", "seconds"],
+        &[
+            "method",
+            "paper AMI",
+            "AMI",
+            "paper accuracy",
+            "accuracy",
+            "inverted merges (of K-1)",
+            "seconds",
+        ],
     );
     match dataset_dir(&options.data_dir, "high-school-2013") {
         Some(dir) => {
@@ -107,7 +136,9 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
                 ]);
             }
             table.note(format!("Data: {}", dir.display()));
-            table.note("Paper values: a rerun of the official code (bottom_up_HCD) on the same data.");
+            table.note(
+                "Paper values: a rerun of the official code (bottom_up_HCD) on the same data.",
+            );
         }
         None => {
             table.note("Needs the data: `cargo xtask fetch high-school-2013`.");
@@ -118,7 +149,13 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
     // Power grid.
     let mut table = Table::new(
         "UCTE power grid (2,783 nodes, 3,762 edges, no ground truth): dendrogram summary",
-        &["method", "leaf clusters", "merges", "inverted merges", "seconds"],
+        &[
+            "method",
+            "leaf clusters",
+            "merges",
+            "inverted merges",
+            "seconds",
+        ],
     );
     match dataset_dir(&options.data_dir, "ucte-powergrid") {
         Some(dir) => {

@@ -12,6 +12,8 @@ pub fn dataset_dir(data_dir: &Path, name: &str) -> Option<PathBuf> {
     if fetched.is_dir() {
         return Some(fetched);
     }
-    let shared = crate::workspace_root().join("../shared/datasets").join(name);
+    let shared = crate::workspace_root()
+        .join("../shared/datasets")
+        .join(name);
     shared.is_dir().then_some(shared)
 }
