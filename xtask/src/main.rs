@@ -174,6 +174,7 @@ fn bench_command(root: &std::path::Path, target: &str, args: &[String]) -> Resul
     let report = match target {
         "backends" => bench::backends::run()?,
         "hier-community" => bench::hier_community::run(args)?,
+        "mobilenet" => bench::mobilenet::run()?,
         other => bail!("benchmark {other} has no runner"),
     };
     for table in &report.tables {

@@ -255,6 +255,20 @@ impl InvertedResidual {
         self.stride
     }
 
+    /// The block's BatchNorms, in forward order.
+    pub fn norms(&self) -> impl Iterator<Item = &BatchNorm> {
+        self.pre_norm
+            .iter()
+            .chain(self.expand_norm.iter())
+            .chain(std::iter::once(&self.depthwise_norm))
+            .chain(self.project_norm.iter())
+    }
+
+    /// See [`BatchNorm::sync_running_stats`].
+    pub fn sync_running_stats(&self) {
+        self.norms().for_each(BatchNorm::sync_running_stats);
+    }
+
     /// Forward pass with the standard layers.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_with(x, &StandardHooks)

@@ -20,6 +20,7 @@
 
 mod activation;
 mod block;
+pub mod cost;
 mod drop_path;
 pub mod hooks;
 mod norm;
@@ -31,6 +32,7 @@ pub use block::{
     BlockSqueezeExcite, InvertedResidual, InvertedResidualConfig, NormPlacement, ShortcutKind,
     ShortcutPath, tf_same_avg_pool2d,
 };
+pub use cost::{CostReport, Countable, LayerCost};
 pub use drop_path::DropPath;
 pub use hooks::{ActivationSite, BlockHooks, NormSite, StandardHooks};
 pub use norm::{BatchNorm, BatchNormConfig};

@@ -113,8 +113,8 @@ impl BatchNorm {
             x,
             self.gamma.val(),
             self.beta.val(),
-            self.running_mean.value().to_device(&device),
-            self.running_var.value().to_device(&device),
+            self.running_mean.value_sync().to_device(&device),
+            self.running_var.value_sync().to_device(&device),
             self.epsilon,
         )
     }
@@ -153,11 +153,30 @@ impl BatchNorm {
         out.output
     }
 
+    /// Folds the latest training-mode update into the stored running statistics.
+    ///
+    /// burn's `RunningState` keeps a thread's last update aside until it is read with
+    /// `value_sync`; module visitors (saving, `collect`) read the stored value, so call
+    /// this after training and before saving or inspecting the statistics.
+    pub fn sync_running_stats(&self) {
+        let _ = self.running_mean.value_sync();
+        let _ = self.running_var.value_sync();
+    }
+
+    /// The running mean and variance, including the latest update.
+    pub fn running_stats(&self) -> (Tensor<1>, Tensor<1>) {
+        (
+            self.running_mean.value_sync(),
+            self.running_var.value_sync(),
+        )
+    }
+
     /// The per-channel affine map `y = scale * x + shift` this layer applies at inference,
     /// `scale = gamma / sqrt(var + eps)` and `shift = beta - scale * mean`.
     pub fn inference_affine(&self) -> (Tensor<1>, Tensor<1>) {
-        let scale = self.gamma.val() / (self.running_var.value().add_scalar(self.epsilon)).sqrt();
-        let shift = self.beta.val() - scale.clone() * self.running_mean.value();
+        let (mean, var) = self.running_stats();
+        let scale = self.gamma.val() / (var.add_scalar(self.epsilon)).sqrt();
+        let shift = self.beta.val() - scale.clone() * mean;
         (scale, shift)
     }
 }

@@ -5,25 +5,10 @@ and the median rule match xtask/src/bench/backends.rs.
 """
 
 import json
-import statistics
-import time
 
 import torch
 from torchvision.models.mobilenetv2 import InvertedResidual
-
-
-def median_ms(step, warmup=2, min_runs=5, max_runs=30, budget_s=8.0):
-    for _ in range(warmup):
-        step()
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < min_runs or (
-        len(samples) < max_runs and time.perf_counter() - start < budget_s
-    ):
-        t = time.perf_counter()
-        step()
-        samples.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(samples)
+from timing import median_ms
 
 
 def main():

@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod backends;
 pub mod hier_community;
+pub mod mobilenet;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -29,7 +30,7 @@ pub const TARGETS: &[(&str, &str, Option<u32>)] = &[
     (
         "mobilenet",
         "MobileNetV3-Large forward and training step",
-        Some(4),
+        None,
     ),
     (
         "mobiletl",

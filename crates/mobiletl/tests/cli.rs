@@ -1,0 +1,178 @@
+//! The `mobiletl` binary end to end on the committed fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+
+fn fixture(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file)
+}
+
+fn mobiletl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mobiletl"))
+        .args(args)
+        .output()
+        .expect("run mobiletl")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "mobiletl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn read_f32(path: &Path, key: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    file.tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn forward_writes_the_reference_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.safetensors");
+    for (arch, name) in [
+        ("mobilenet_v3_small", "mobilenet_v3_small_tv"),
+        ("mobilenetv3_large_100", "mobilenet_v3_large_timm"),
+    ] {
+        let weights = fixture(&format!("{name}.weights.safetensors"));
+        let io = fixture(&format!("{name}.io.safetensors"));
+        stdout(&mobiletl(&[
+            "forward",
+            "--arch",
+            arch,
+            "--width",
+            "0.5",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            io.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]));
+        let ours = read_f32(&out, "logits");
+        let reference = read_f32(&io, "logits");
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        assert!(err <= 1e-4, "{name}: rel err {err:e}");
+    }
+}
+
+#[test]
+fn params_and_flops_print_totals() {
+    let text = stdout(&mobiletl(&["params", "--arch", "mobilenet_v3_large"]));
+    assert!(text.contains("total params: 5483032"), "{text}");
+    let text = stdout(&mobiletl(&[
+        "params",
+        "--arch",
+        "mobilenetv2_100",
+        "--per-layer",
+    ]));
+    assert!(text.contains("total params: 3504872"), "{text}");
+    assert!(text.contains("blocks.16.project_conv"), "{text}");
+    let text = stdout(&mobiletl(&[
+        "flops",
+        "--arch",
+        "mobilenet_v3_small",
+        "--resolution",
+        "224",
+    ]));
+    assert!(text.contains("total MACs:"), "{text}");
+    assert!(text.contains("total params: 2542856"), "{text}");
+}
+
+#[test]
+fn classify_prints_top5_with_class_names() {
+    let weights = fixture("mobilenet_v3_small_tv.weights.safetensors");
+    let image = fixture("image.png");
+    let text = stdout(&mobiletl(&[
+        "classify",
+        "--arch",
+        "mobilenet_v3_small",
+        "--width",
+        "0.5",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--resize",
+        "40",
+        "--crop",
+        "32",
+        image.to_str().unwrap(),
+    ]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    // A 10-class checkpoint: every predicted class is one of the first ten names.
+    let first_ten = [
+        "tench",
+        "goldfish",
+        "great white shark",
+        "tiger shark",
+        "hammerhead",
+        "electric ray",
+        "stingray",
+        "cock",
+        "hen",
+        "ostrich",
+    ];
+    for line in &lines[1..] {
+        assert!(first_ten.iter().any(|n| line.ends_with(n)), "{line}");
+    }
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_message() {
+    let out = mobiletl(&["params", "--arch", "resnet50"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown --arch \"resnet50\""));
+
+    let weights = fixture("mobilenet_v3_small_tv.weights.safetensors");
+    // The weights file has no `input` tensor.
+    let out = mobiletl(&[
+        "forward",
+        "--arch",
+        "mobilenet_v3_small",
+        "--width",
+        "0.5",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        weights.to_str().unwrap(),
+        "--output",
+        "/tmp/never-written.safetensors",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no tensor named \"input\""), "{err}");
+
+    // Width 1.0 model, width 0.5 weights: shape mismatches named.
+    let out = mobiletl(&[
+        "classify",
+        "--arch",
+        "mobilenet_v3_small",
+        "--weights",
+        weights.to_str().unwrap(),
+        fixture("image.png").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shape mismatch for features.0.0.weight"),
+        "{err}"
+    );
+}
