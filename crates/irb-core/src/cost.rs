@@ -51,7 +51,11 @@ impl CostReport {
     /// `num_params() == params() + batch_norm_buffers()` for a model built from these
     /// layers.
     pub fn batch_norm_buffers(&self) -> usize {
-        self.layers.iter().filter(|l| l.kind == "batch norm").map(|l| l.params).sum()
+        self.layers
+            .iter()
+            .filter(|l| l.kind == "batch norm")
+            .map(|l| l.params)
+            .sum()
     }
 
     /// Rows whose name starts with `prefix`.

@@ -23,6 +23,7 @@ mod block;
 pub mod cost;
 mod drop_path;
 pub mod hooks;
+mod im2col;
 mod norm;
 mod padding;
 mod squeeze_excite;
@@ -35,6 +36,7 @@ pub use block::{
 pub use cost::{CostReport, Countable, LayerCost};
 pub use drop_path::DropPath;
 pub use hooks::{ActivationSite, BlockHooks, NormSite, StandardHooks};
+pub use im2col::{conv2d_im2col, prefers_im2col};
 pub use norm::{BatchNorm, BatchNormConfig};
 pub use padding::{ConvPadding, conv_output_size};
 pub use squeeze_excite::{SeFlavour, SqueezeExcite, SqueezeExciteConfig};

@@ -16,7 +16,10 @@ fn trainable(block: &InvertedResidual, c_in: usize) -> usize {
     let mut report = CostReport::default();
     block.count("mbconv", [c_in, 28, 28], &mut report);
     // Cross-check with burn's count, which includes the BN running statistics.
-    assert_eq!(block.num_params(), report.params() + report.batch_norm_buffers());
+    assert_eq!(
+        block.num_params(),
+        report.params() + report.batch_norm_buffers()
+    );
     report.params()
 }
 

@@ -177,8 +177,7 @@ fn shape_mismatch_is_named() {
         fixture_path("mobilenet_v3_small_tv.weights.safetensors"),
         None,
     )
-    .err()
-    .expect("width mismatch must fail");
+    .expect_err("width mismatch must fail");
     let message = err.to_string();
     assert!(matches!(err, WeightError::Mismatch { .. }), "{message}");
     assert!(

@@ -98,6 +98,11 @@ def main():
         loss.backward()
         optimizer.step()
 
+    def forward_backward():
+        train.zero_grad(set_to_none=True)
+        loss_fn(train(x8), labels).backward()
+
+    results["train_backward_b8"] = median_ms(forward_backward, warmup=1, min_runs=3, max_runs=10, budget_s=30.0)
     results["train_step_b8"] = median_ms(step, max_runs=20, budget_s=30.0)
     results["torch_version"] = torch.__version__
     results["threads"] = torch.get_num_threads()

@@ -81,7 +81,7 @@ fn profile_forward(
     let mut totals = BTreeMap::new();
     let t = Instant::now();
     let stem = &model.stem;
-    let mut h = timed(&mut totals, "stem conv", device, || stem.conv.forward(x));
+    let mut h = timed(&mut totals, "stem conv", device, || stem.conv_forward(x));
     h = timed(&mut totals, "batch norm", device, || stem.norm.forward(h));
     h = timed(&mut totals, "activation", device, || {
         stem.activation().forward(h)
@@ -175,6 +175,23 @@ pub fn run() -> Result<Report> {
     let xt = x8.clone().to_device(&train_device);
     let labels = Tensor::<1, Int>::from_ints([3, 1, 4, 1, 5, 9, 2, 6], &train_device);
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
+    // The step split in two, to see where training time goes: forward with train-mode BN,
+    // loss and backward; then the full step with the optimizer update. (A forward alone on
+    // an autodiff device is not timed: burn keeps the unused graph until the next
+    // backward, so it measures graph bookkeeping, not the forward.)
+    let mut forward_backward = || {
+        let model = train_model.as_ref().expect("model present");
+        let loss = loss_fn.forward(model.forward(xt.clone()), labels.clone());
+        drop(loss.backward());
+        sync(&train_device);
+    };
+    let train_backward = time_interleaved(
+        &mut [&mut forward_backward],
+        1,
+        3,
+        10,
+        Duration::from_secs(30),
+    );
     let mut step = || {
         let model = train_model.take().expect("model present between steps");
         let loss = loss_fn.forward(model.forward(xt.clone()), labels.clone());
@@ -206,7 +223,12 @@ pub fn run() -> Result<Report> {
         ("forward, batch 1 (eval)", "forward_b1", forward[0]),
         ("forward, batch 8 (eval)", "forward_b8", forward[1]),
         (
-            "training step, batch 8 (SGD, full fine-tune)",
+            "train-mode forward + loss + backward, batch 8",
+            "train_backward_b8",
+            train_backward[0],
+        ),
+        (
+            "training step (+ SGD update), batch 8, full fine-tune",
             "train_step_b8",
             train[0],
         ),

@@ -73,10 +73,20 @@ impl ConvNormAct {
         self.activation
     }
 
+    /// The convolution alone (the stem's 3-channel input goes through im2col + matmul,
+    /// see [`irb_core::conv2d_im2col`]).
+    pub fn conv_forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if irb_core::prefers_im2col(&self.conv) {
+            irb_core::conv2d_im2col(&self.conv, x)
+        } else {
+            self.conv.forward(x)
+        }
+    }
+
     /// Forward pass.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.activation
-            .forward(self.norm.forward(self.conv.forward(x)))
+            .forward(self.norm.forward(self.conv_forward(x)))
     }
 }
 
