@@ -13,6 +13,7 @@
 //! assert_eq!(model.forward(images).dims(), [1, 10]);
 //! ```
 
+pub mod data;
 pub mod imagenet;
 pub mod mobilenet;
 pub mod preprocess;

@@ -1,0 +1,5 @@
+//! Datasets for transfer learning.
+
+pub mod cifar;
+
+pub use cifar::{CifarError, CifarSet, CifarVariant, Split, load_cifar};
