@@ -341,16 +341,7 @@ fn estimate_k(
         weighted,
     };
     let threshold = 1.0 / rho.sqrt() + f64::EPSILON;
-    let mut m = 8.min(n);
-    loop {
-        // Counting needs eigenvalues only to well within their distance to the threshold.
-        let eig = symmetric_eigen(&op, m, Which::Largest, K_COUNT_TOL, options.seed)?;
-        let above = eig.values.iter().filter(|&&v| v > threshold).count();
-        if above < m || m == n {
-            return Ok(above.max(1));
-        }
-        m = (2 * m).min(n);
-    }
+    count_eigenvalues(&op, n, Which::Largest, |v| v > threshold, options.seed)
 }
 
 /// Saade et al.'s estimate: the number of negative eigenvalues of `H_r` at `r = sqrt(rho)`.
@@ -366,12 +357,26 @@ fn count_negative_eigenvalues(
 ) -> Result<usize, Error> {
     let n = graph.num_nodes();
     let op = BetheHessian::new(graph, degrees, rho.sqrt(), weighted);
+    count_eigenvalues(&op, n, Which::Smallest, |v| v < 0.0, options.seed)
+}
+
+/// How many eigenvalues of `op` (of dimension `n`), taken from the `which` end of the
+/// spectrum, satisfy `counted` (at least 1). Asks for 8, 16, 32, ... eigenvalues until
+/// fewer than asked for satisfy it, so the count is never cut off by the block size.
+fn count_eigenvalues(
+    op: &impl Operator,
+    n: usize,
+    which: Which,
+    counted: impl Fn(f64) -> bool,
+    seed: u64,
+) -> Result<usize, Error> {
     let mut m = 8.min(n);
     loop {
-        let eig = symmetric_eigen(&op, m, Which::Smallest, K_COUNT_TOL, options.seed)?;
-        let negative = eig.values.iter().filter(|&&v| v < 0.0).count();
-        if negative < m || m == n {
-            return Ok(negative.max(1));
+        // Counting needs eigenvalues only to well within their distance to the threshold.
+        let eig = symmetric_eigen(op, m, which, K_COUNT_TOL, seed)?;
+        let count = eig.values.iter().filter(|&&v| counted(v)).count();
+        if count < m || m == n {
+            return Ok(count.max(1));
         }
         m = (2 * m).min(n);
     }

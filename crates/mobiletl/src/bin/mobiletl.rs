@@ -154,6 +154,18 @@ fn build(
         .init(device))
 }
 
+/// Builds the model of `--arch` with its own naming's channel rules and 1000 classes
+/// unless given (for counting, no weights needed).
+fn build_without_weights(model: &ModelArgs) -> Result<MobileNet> {
+    let (_, flavor) = parse_arch(&model.arch)?;
+    build(
+        model,
+        model.num_classes.unwrap_or(1000),
+        flavor,
+        &Device::flex(),
+    )
+}
+
 /// Builds the model for a checkpoint: flavour from the naming (timm names mean timm's
 /// channel rules), classes from the classifier unless given.
 fn load(model: &ModelArgs, weights: &WeightArgs, device: &Device) -> Result<MobileNet> {
@@ -224,13 +236,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote logits {:?} to {}", logits.dims(), output.display());
         }
         Command::Params { model, per_layer } => {
-            let (_, flavor) = parse_arch(&model.arch)?;
-            let net = build(
-                &model,
-                model.num_classes.unwrap_or(1000),
-                flavor,
-                &Device::flex(),
-            )?;
+            let net = build_without_weights(&model)?;
             print_table(&net.cost(224), per_layer, false);
         }
         Command::Flops {
@@ -241,13 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             if resolution < 32 {
                 bail!("--resolution must be at least 32");
             }
-            let (_, flavor) = parse_arch(&model.arch)?;
-            let net = build(
-                &model,
-                model.num_classes.unwrap_or(1000),
-                flavor,
-                &Device::flex(),
-            )?;
+            let net = build_without_weights(&model)?;
             print_table(&net.cost(resolution), per_layer, true);
         }
         Command::Classify {
