@@ -52,7 +52,7 @@ pub const PAPERS: &[Paper] = &[
         name: "moat",
         title: "Yang et al., MOAT: Alternating Mobile Convolution and Attention",
         issue: 6,
-        reproduction: None,
+        reproduction: Some(crate::papers::moat::reproduce),
     },
     Paper {
         name: "hidiffusion",

@@ -122,7 +122,9 @@ fn conv_out(conv: &Conv2d, size: usize, axis: usize) -> usize {
 
 impl Countable for Conv2d {
     fn count(&self, prefix: &str, input: [usize; 3], report: &mut CostReport) -> [usize; 3] {
-        let [out_c, in_per_group, kh, kw] = self.weight.dims();
+        // `lazy_shape` keeps a freshly built model's parameters unallocated, so counting
+        // MOAT-4 (483M parameters) costs nothing.
+        let [out_c, in_per_group, kh, kw] = self.weight.lazy_shape().dims::<4>();
         let out = [
             out_c,
             conv_out(self, input[1], 0),
@@ -156,7 +158,7 @@ impl Countable for BatchNorm {
 impl Countable for Linear {
     /// `input` is `[features, 1, 1]` (a pooled vector).
     fn count(&self, prefix: &str, input: [usize; 3], report: &mut CostReport) -> [usize; 3] {
-        let [d_in, d_out] = self.weight.dims();
+        let [d_in, d_out] = self.weight.lazy_shape().dims::<2>();
         debug_assert_eq!(input[0], d_in, "linear layer {prefix} fed {input:?}");
         let params = d_in * d_out + self.bias.as_ref().map_or(0, |_| d_out);
         report.push(

@@ -82,7 +82,7 @@ impl BatchNormConfig {
 impl BatchNorm {
     /// Number of channels.
     pub fn num_features(&self) -> usize {
-        self.gamma.dims()[0]
+        self.gamma.lazy_shape()[0]
     }
 
     /// Whether this call will use (and update) batch statistics.

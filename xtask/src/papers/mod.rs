@@ -2,6 +2,7 @@
 //! this implementation" report of `cargo xtask eval`.
 
 pub mod hier_community;
+pub mod moat;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,171 @@
+//! `cargo xtask eval moat`: the official parameter counts, model-zoo multiply-adds, peers,
+//! and the cost of global vs window attention at high resolution.
+
+use anyhow::Result;
+use burn::tensor::Device;
+use moat::{MoatConfig, MoatVariant};
+
+use crate::eval::EvalOptions;
+use crate::report::{Report, Table, fmt_f};
+
+/// Peers at MOAT-0's size and tiny-MOAT's, from the paper (params M, GMACs, top-1).
+const PEERS: &[(&str, f64, f64, f64)] = &[
+    ("CoAtNet-0", 25.0, 4.2, 81.6),
+    ("Swin-T", 29.0, 4.5, 81.3),
+    ("ConvNeXt-T", 28.6, 4.5, 82.1),
+    ("MaxViT-T", 30.9, 5.6, 83.4),
+    ("MobileViT-S", 5.6, 2.0, 78.3),
+];
+
+fn attention_macs(config: &MoatConfig, size: usize) -> (u64, u64) {
+    let report = config.init(&Device::flex()).cost(size, size);
+    let attention = report
+        .layers
+        .iter()
+        .filter(|l| l.kind == "attention")
+        .map(|l| l.macs)
+        .sum();
+    (report.macs(), attention)
+}
+
+/// Builds the report.
+pub fn reproduce(options: &EvalOptions) -> Result<Report> {
+    let command = format!(
+        "cargo xtask eval moat{}",
+        if options.quick { " --quick" } else { "" }
+    );
+    let mut report = Report::new("moat", command);
+    let device = Device::flex();
+
+    let mut params = Table::new(
+        "Parameters at 1000 classes: official moat_test.py vs this implementation",
+        &[
+            "variant",
+            "official",
+            "ours",
+            "official no PE",
+            "ours no PE",
+            "match",
+        ],
+    );
+    let mut flops = Table::new(
+        "Multiply-adds at the pretraining resolution: model zoo vs this implementation",
+        &[
+            "variant",
+            "resolution",
+            "zoo GMACs",
+            "ours GMACs",
+            "difference",
+            "zoo top-1",
+        ],
+    );
+    for variant in MoatVariant::ALL {
+        let (official, official_no_pe) = variant.official_params();
+        let r = variant.pretrain_resolution();
+        let cost = variant.config().init(&device).cost(r, r);
+        let ours = cost.params();
+        let ours_no_pe = variant
+            .config()
+            .without_position_embedding()
+            .init(&device)
+            .cost(r, r)
+            .params();
+        let exact = ours == official && ours_no_pe == official_no_pe;
+        params.row([
+            variant.name().to_string(),
+            official.to_string(),
+            ours.to_string(),
+            official_no_pe.to_string(),
+            ours_no_pe.to_string(),
+            if exact {
+                "exact".into()
+            } else {
+                "DIFFERS".to_string()
+            },
+        ]);
+        let gmacs = cost.macs() as f64 / 1e9;
+        let zoo = variant.zoo_gmacs();
+        flops.row([
+            variant.name().to_string(),
+            r.to_string(),
+            fmt_f(zoo, 1),
+            fmt_f(gmacs, 3),
+            format!("{:+.1}%", 100.0 * (gmacs - zoo) / zoo),
+            fmt_f(variant.zoo_top1(), 1),
+        ]);
+    }
+    flops.note(
+        "Ours counts the multiply-adds of convolutions, dense layers, the two attention \
+         products and the SE rescaling; the zoo's numbers are TF-profiler FLOPs / 2, which \
+         also include element-wise ops, rounded to 0.1 G.",
+    );
+    report.tables.push(params);
+    report.tables.push(flops);
+
+    let mut peers = Table::new(
+        "Peers (paper's comparison, ImageNet-1k at 224) and MOAT measured here",
+        &["model", "params (M)", "GMACs", "top-1 (paper)"],
+    );
+    for variant in [MoatVariant::Moat0, MoatVariant::TinyMoat2] {
+        let cost = variant.config().init(&device).cost(224, 224);
+        peers.row([
+            format!("{variant} (ours, 224)"),
+            fmt_f(cost.params() as f64 / 1e6, 1),
+            fmt_f(cost.macs() as f64 / 1e9, 2),
+            match variant {
+                MoatVariant::Moat0 => "83.3".to_string(),
+                _ => "81.0".to_string(),
+            },
+        ]);
+    }
+    for (name, p, g, top1) in PEERS {
+        peers.row([
+            name.to_string(),
+            fmt_f(*p, 1),
+            fmt_f(*g, 1),
+            fmt_f(*top1, 1),
+        ]);
+    }
+    peers.note(
+        "Top-1 is the paper's: no ImageNet validation set or released checkpoint is on this \
+         machine (convert one with `moat convert-tf`, then `moat classify`).",
+    );
+    report.tables.push(peers);
+
+    let mut scaling = Table::new(
+        "tiny-MOAT-0, global vs window attention (16x16 / 8x8 windows): multiply-adds",
+        &[
+            "input",
+            "global GMACs",
+            "of which attention",
+            "window GMACs",
+            "of which attention",
+            "saving",
+        ],
+    );
+    let sizes: &[usize] = if options.quick {
+        &[512, 1024]
+    } else {
+        &[256, 512, 1024, 2048]
+    };
+    for &size in sizes {
+        let global = MoatVariant::TinyMoat0.config();
+        let window = global.clone().with_windows([16, 16], [8, 8]);
+        let (g_total, g_att) = attention_macs(&global, size);
+        let (w_total, w_att) = attention_macs(&window, size);
+        scaling.row([
+            format!("{size}x{size}"),
+            fmt_f(g_total as f64 / 1e9, 2),
+            format!("{:.0}%", 100.0 * g_att as f64 / g_total as f64),
+            fmt_f(w_total as f64 / 1e9, 2),
+            format!("{:.0}%", 100.0 * w_att as f64 / w_total as f64),
+            format!("{:.1}x", g_total as f64 / w_total as f64),
+        ]);
+    }
+    scaling.note(
+        "Global attention grows with the square of the token count; windows keep it linear \
+         (`cargo xtask bench moat` measures the time).",
+    );
+    report.tables.push(scaling);
+    Ok(report)
+}
