@@ -302,7 +302,7 @@ impl MoatConfig {
             w = w.div_ceil(2);
             if stage >= 2
                 && let AttentionWindow::Window([wh, ww]) = self.attention[stage - 2]
-                && (h % wh != 0 || w % ww != 0)
+                && (!h.is_multiple_of(wh) || !w.is_multiple_of(ww))
             {
                 return Err(format!(
                     "stage {} feature map {h}x{w} (input {height}x{width}) is not divisible \

@@ -94,6 +94,9 @@ impl MoatBlock {
 }
 
 /// A block of a stage.
+// A network holds a few dozen blocks; the size difference of the variants is not worth
+// an indirection on every access.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum StageBlock {
     /// MBConv with squeeze-excitation (stages 1, 2).

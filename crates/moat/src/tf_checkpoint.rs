@@ -259,7 +259,10 @@ fn read_block<'a>(
 }
 
 /// All key/value entries of a block, keys decompressed.
-fn block_entries(block: &[u8], path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CheckpointError> {
+/// A key and its value.
+type Entry = (Vec<u8>, Vec<u8>);
+
+fn block_entries(block: &[u8], path: &Path) -> Result<Vec<Entry>, CheckpointError> {
     if block.len() < 4 {
         return Err(corrupt(path, "table block shorter than its restart count"));
     }
@@ -557,7 +560,8 @@ pub struct ConversionSummary {
     pub from_ema: usize,
     /// Parameters written (elements).
     pub elements: usize,
-    /// Checkpoint entries left out (optimizer slots, counters, other scopes).
+    /// Checkpoint entries left out (optimizer slots, counters, other scopes, the copy of
+    /// each weight that was not chosen).
     pub skipped: Vec<String>,
 }
 
@@ -583,9 +587,7 @@ pub fn convert_checkpoint(
     let skipped = checkpoint
         .variables()
         .keys()
-        .filter(|k| {
-            !used.contains(k.as_str()) && !(k.ends_with(EMA_SUFFIX) && copy == WeightCopy::Raw)
-        })
+        .filter(|k| !used.contains(k.as_str()))
         .cloned()
         .collect();
     let mut tensors = BTreeMap::new();

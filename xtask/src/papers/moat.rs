@@ -53,12 +53,18 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
         &[
             "variant",
             "resolution",
-            "zoo GMACs",
-            "ours GMACs",
-            "difference",
+            "zoo G",
+            "official TF profile G",
+            "ours G",
+            "vs zoo",
+            "ours MACs only G",
             "zoo top-1",
         ],
     );
+    let profile_path =
+        crate::workspace_root().join("crates/moat/tests/fixtures/official_flops.json");
+    let profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&profile_path)?)?;
     for variant in MoatVariant::ALL {
         let (official, official_no_pe) = variant.official_params();
         let r = variant.pretrain_resolution();
@@ -85,19 +91,28 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
         ]);
         let gmacs = cost.macs() as f64 / 1e9;
         let zoo = variant.zoo_gmacs();
+        let official = profile[variant.name()]["flops_over_2"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            / 1e9;
         flops.row([
             variant.name().to_string(),
             r.to_string(),
             fmt_f(zoo, 1),
+            fmt_f(official, 3),
             fmt_f(gmacs, 3),
             format!("{:+.1}%", 100.0 * (gmacs - zoo) / zoo),
+            fmt_f(moat::multiply_adds(&cost) as f64 / 1e9, 3),
             fmt_f(variant.zoo_top1(), 1),
         ]);
     }
     flops.note(
-        "Ours counts the multiply-adds of convolutions, dense layers, the two attention \
-         products and the SE rescaling; the zoo's numbers are TF-profiler FLOPs / 2, which \
-         also include element-wise ops, rounded to 0.1 G.",
+        "The official convention (moat_test.py) is TF-profiler FLOPs / 2: multiply-adds of \
+         convolutions, dense layers and attention plus element-wise ops at half weight. \
+         'official TF profile' is that count on the deeplab2 graph \
+         (tools/reference/moat/profile_flops.py, without the one-hot einsums that re-index \
+         the position tables, which are weight preprocessing); 'ours' follows the same \
+         convention; 'MACs only' leaves the element-wise ops out.",
     );
     report.tables.push(params);
     report.tables.push(flops);
