@@ -65,7 +65,8 @@ impl CostReport {
             .filter(move |l| l.name.starts_with(prefix))
     }
 
-    fn push(
+    /// Appends a row (for layers of other crates built on these counts).
+    pub fn push(
         &mut self,
         name: String,
         kind: &'static str,
@@ -83,7 +84,8 @@ impl CostReport {
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
+/// `prefix.name`, or `name` at the top level: the row naming rule of the tables.
+pub fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {

@@ -163,9 +163,6 @@ impl MoatVariant {
     pub fn config(self) -> MoatConfig {
         let (stem, depths, channels, survival) = self.shape();
         MoatConfig {
-            stem_channels: [stem, stem],
-            depths,
-            channels,
             survival_prob: survival,
             ..MoatConfig::custom([stem, stem], depths, channels)
         }

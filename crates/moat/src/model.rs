@@ -15,7 +15,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
-use irb_core::cost::{CostReport, Countable, LayerCost};
+use irb_core::cost::{CostReport, Countable, join};
 use irb_core::{
     Activation, BatchNorm, BatchNormConfig, BlockSqueezeExcite, ConvPadding, DropPath,
     InvertedResidual, InvertedResidualConfig, NormPlacement, SeFlavour, ShortcutKind, ShortcutPath,
@@ -331,7 +331,8 @@ impl Moat {
             .forward(head.final_layer_norm.forward(pooled))
     }
 
-    /// Calls `f` on every BatchNorm (see [`BatchNorm::sync_running_stats`]).
+    /// Syncs the running statistics of every BatchNorm (see
+    /// [`BatchNorm::sync_running_stats`]).
     pub fn sync_running_stats(&self) {
         self.stem.norm_0.sync_running_stats();
         for stage in &self.stages {
@@ -349,38 +350,13 @@ impl Moat {
     }
 }
 
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-fn push(
-    report: &mut CostReport,
-    name: String,
-    kind: &'static str,
-    params: usize,
-    macs: u64,
-    output: [usize; 3],
-) {
-    report.layers.push(LayerCost {
-        name,
-        kind,
-        params,
-        macs,
-        output,
-    });
-}
-
 /// Element-wise operations of a TF-profiler count, as multiply-add equivalents (TF's
 /// `float_operation` counts one FLOP per element for Mul / AddV2 / BiasAdd / RealDiv /
 /// SquaredDifference, the input size for Mean, window x output for AvgPool and 5 per
 /// element for Softmax; the official numbers are that total / 2). Kept in rows of kind
 /// [`ELEMENTWISE`] so that [`multiply_adds`] can leave them out.
 fn push_elementwise(report: &mut CostReport, name: String, flops: u64, output: [usize; 3]) {
-    push(report, name, ELEMENTWISE, 0, flops / 2, output);
+    report.push(name, ELEMENTWISE, 0, flops / 2, output);
 }
 
 /// Row kind of element-wise operations.
@@ -442,7 +418,7 @@ fn mbconv_elementwise(
 fn count_layer_norm(norm: &LayerNorm, prefix: &str, input: [usize; 3], report: &mut CostReport) {
     let d = norm.gamma.lazy_shape()[0];
     let params = d + norm.beta.as_ref().map_or(0, |_| d);
-    push(report, prefix.to_string(), "layer norm", params, 0, input);
+    report.push(prefix.to_string(), "layer norm", params, 0, input);
 }
 
 impl Countable for MoatBlock {
@@ -468,26 +444,17 @@ impl Countable for MoatBlock {
         let base = join(prefix, "attention");
         for (name, l) in [("q", &a.q), ("k", &a.k), ("v", &a.v), ("o", &a.o)] {
             let (params, macs) = linear(l);
-            push(
-                report,
-                join(&base, name),
-                "dense",
-                params,
-                macs * t * windows,
-                out,
-            );
+            report.push(join(&base, name), "dense", params, macs * t * windows, out);
         }
         // q k^T and probs v: heads x T x T x head_size each, per window.
-        push(
-            report,
+        report.push(
             join(&base, "logits"),
             "attention",
             0,
             t * t * inner * windows,
             out,
         );
-        push(
-            report,
+        report.push(
             join(&base, "mix"),
             "attention",
             0,
@@ -505,8 +472,7 @@ impl Countable for MoatBlock {
         push_elementwise(report, join(&base, "elementwise"), flops, out);
         if let Some(table) = &a.relative_position_embedding {
             let [n, th, tw] = table.lazy_shape().dims::<3>();
-            push(
-                report,
+            report.push(
                 join(&base, "relative_position_embedding"),
                 "position bias",
                 n * th * tw,

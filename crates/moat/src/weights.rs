@@ -124,17 +124,15 @@ impl Target<'_> {
 type Visit<'v> = dyn FnMut(String, Target<'_>) + 'v;
 
 fn conv(scope: &str, c: &mut Conv2d, visit: &mut Visit<'_>) {
-    let depthwise = c.groups > 1;
-    let weight = if depthwise {
+    // Keras' DepthwiseConv2D has no bias here and names its kernel differently.
+    if c.groups > 1 {
         visit(
             format!("{scope}/depthwise_kernel"),
             Target::Depthwise(&mut c.weight),
         );
         return;
-    } else {
-        Target::Conv(&mut c.weight)
-    };
-    visit(format!("{scope}/kernel"), weight);
+    }
+    visit(format!("{scope}/kernel"), Target::Conv(&mut c.weight));
     if let Some(b) = c.bias.as_mut() {
         let n = b.lazy_shape()[0];
         visit(format!("{scope}/bias"), Target::Vector(b, vec![n]));

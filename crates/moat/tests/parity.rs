@@ -72,9 +72,8 @@ fn converted(copy: WeightCopy) -> (tempfile::TempDir, PathBuf) {
     // or the raw copies of trainable variables (EMA).
     assert!(summary.skipped.iter().any(|s| s == "global_step"));
     assert!(summary.skipped.iter().any(|s| s.ends_with("/Momentum")));
-    let model = base().init(&Device::flex());
-    let mut m = model;
-    assert_eq!(summary.written, moat::tf_variable_table(&mut m).len());
+    let mut model = base().init(&Device::flex());
+    assert_eq!(summary.written, moat::tf_variable_table(&mut model).len());
     (dir, out)
 }
 
