@@ -175,6 +175,7 @@ fn bench_command(root: &std::path::Path, target: &str, args: &[String]) -> Resul
         "backends" => bench::backends::run()?,
         "hier-community" => bench::hier_community::run(args)?,
         "mobilenet" => bench::mobilenet::run()?,
+        "moat" => bench::moat::run(args)?,
         other => bail!("benchmark {other} has no runner"),
     };
     for table in &report.tables {

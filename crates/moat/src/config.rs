@@ -232,8 +232,17 @@ pub struct MoatConfig {
     pub num_classes: Option<usize>,
     /// BatchNorm epsilon (Keras default 1e-3).
     pub batch_norm_eps: f64,
+    /// Weight of a new batch in the BatchNorm running statistics: 0.01, Keras' momentum
+    /// 0.99 of the official code. Short runs from scratch want more (0.1, PyTorch's
+    /// default), or evaluation sees statistics still close to their initial values.
+    #[serde(default = "keras_batch_norm_momentum")]
+    pub batch_norm_momentum: f64,
     /// LayerNorm epsilon of the attention and the head.
     pub layer_norm_eps: f64,
+}
+
+fn keras_batch_norm_momentum() -> f64 {
+    0.01
 }
 
 impl MoatConfig {
@@ -253,6 +262,7 @@ impl MoatConfig {
             survival_prob: 1.0,
             num_classes: Some(1000),
             batch_norm_eps: 1e-3,
+            batch_norm_momentum: keras_batch_norm_momentum(),
             layer_norm_eps: 1e-5,
         }
     }

@@ -19,9 +19,12 @@
 
 pub mod attention;
 pub mod config;
+pub mod data;
+pub mod imagenet;
 pub mod model;
 pub mod preprocess;
 pub mod tf_checkpoint;
+pub mod train;
 pub mod weights;
 
 pub use attention::Attention;
@@ -30,7 +33,8 @@ pub use model::{
     ELEMENTWISE, Endpoints, Head, Moat, MoatBlock, Stage, StageBlock, Stem, multiply_adds,
 };
 pub use tf_checkpoint::{TfCheckpoint, WeightCopy, convert_checkpoint};
-pub use weights::{WeightError, load_tf_weights, tf_variable_table};
+pub use train::{RunDir, RunState, TrainOptions, Trainer};
+pub use weights::{WeightError, load_tf_weights, save_tf_weights, tf_variable_table};
 
 /// The ImageNet-1k class names in logit order (the released checkpoints' 1000 classes).
 pub fn imagenet_class_names() -> Vec<&'static str> {

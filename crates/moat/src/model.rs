@@ -203,8 +203,7 @@ impl MoatConfig {
                 pool_size: self.pool_size,
             })
             .with_norm_eps(self.batch_norm_eps)
-            // Keras momentum 0.99.
-            .with_norm_momentum(0.01)
+            .with_norm_momentum(self.batch_norm_momentum)
             .with_padding(ConvPadding::TfSame)
             .with_survival_prob(survival)
     }
@@ -214,7 +213,7 @@ impl MoatConfig {
         let bn = |c| {
             BatchNormConfig::new(c)
                 .with_epsilon(self.batch_norm_eps)
-                .with_momentum(0.01)
+                .with_momentum(self.batch_norm_momentum)
                 .init(device)
         };
         let ln = |c| {

@@ -22,6 +22,20 @@ pub fn load_image(
     normalization: InputNormalization,
     device: &Device,
 ) -> anyhow::Result<Tensor<4>> {
+    let data = preprocess_image(path, size, normalization)?;
+    let s = size as usize;
+    Ok(Tensor::from_data(
+        TensorData::new(data, [1, 3, s, s]),
+        device,
+    ))
+}
+
+/// Decodes, crops, resizes and normalises `path` into planar `3 x size x size` values.
+pub fn preprocess_image(
+    path: &Path,
+    size: u32,
+    normalization: InputNormalization,
+) -> anyhow::Result<Vec<f32>> {
     let image = image::open(path)
         .map_err(|e| anyhow::anyhow!("cannot decode image {}: {e}", path.display()))?
         .to_rgb8();
@@ -40,8 +54,5 @@ pub fn load_image(
             data[c * s * s + y as usize * s + x as usize] = (pixel[c] as f32 - mean[c]) / std[c];
         }
     }
-    Ok(Tensor::from_data(
-        TensorData::new(data, [1, 3, s, s]),
-        device,
-    ))
+    Ok(data)
 }

@@ -84,6 +84,24 @@ impl Target<'_> {
         }
     }
 
+    /// The current values in TF layout.
+    fn tf_values(&self) -> Vec<f32> {
+        fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+            t.into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("converted to f32")
+        }
+        match self {
+            Target::Conv(p) => values(p.val().permute([2, 3, 1, 0])),
+            Target::Depthwise(p) => values(p.val().permute([2, 3, 0, 1])),
+            Target::Matrix(p, _) => values(p.val()),
+            Target::Vector(p, _) => values(p.val()),
+            Target::Running(r) => values(r.value_sync()),
+            Target::Table(p) => values(p.val()),
+        }
+    }
+
     /// Assigns TF-layout `values` (already checked against [`Self::tf_shape`]).
     fn assign(self, values: Vec<f32>, device: &Device) {
         // `transform_for_load` keeps the parameter's id and gradient requirement.
@@ -412,19 +430,34 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("weights"),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, data).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    write_atomic(path, &data).map_err(io)
+}
+
+/// Writes `bytes` to `path` through a synced temporary file in the same directory and a
+/// rename, so that a crash leaves either the old file or the complete new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Writes the weights of `model` under the official TF variable names and layouts (the
+/// inverse of [`load_tf_weights`]; BN moving statistics included), atomically.
+pub fn save_tf_weights(model: &Moat, path: impl AsRef<Path>) -> Result<(), WeightError> {
+    let mut model = model.clone();
+    let mut tensors = BTreeMap::new();
+    visit_tf_variables(&mut model, &mut |name, target| {
+        let shape = target.tf_shape();
+        tensors.insert(name, (shape, target.tf_values()));
+    });
+    write_safetensors(path.as_ref(), &tensors)
 }
 
 /// What a TF-named weights file says about the model it was saved from.

@@ -7,6 +7,7 @@
 pub mod alloc;
 pub mod backends;
 pub mod hier_community;
+pub mod moat;
 pub mod mobilenet;
 
 use std::path::PathBuf;
@@ -39,8 +40,8 @@ pub const TARGETS: &[(&str, &str, Option<u32>)] = &[
     ),
     (
         "moat",
-        "tiny-MOAT-0 / MOAT-0 latency, global vs window attention",
-        Some(6),
+        "tiny-MOAT-0 / MOAT-0 latency and training step, global vs window attention",
+        None,
     ),
     ("sd", "one SD 1.5 UNet step at 512x512", Some(7)),
     (
