@@ -15,6 +15,7 @@
 
 pub mod data;
 pub mod imagenet;
+pub mod method;
 pub mod mobilenet;
 pub mod preprocess;
 pub mod tensor_file;

@@ -1,0 +1,6 @@
+//! The MobileTL training method (Chiang et al.): pieces that change what a backward pass
+//! keeps in memory.
+
+pub mod masked_activation;
+
+pub use masked_activation::{MaskedActivation, MaskedActivationOps, packed_mask_bytes};
