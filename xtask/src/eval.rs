@@ -46,7 +46,7 @@ pub const PAPERS: &[Paper] = &[
         name: "mobiletl",
         title: "Chiang et al., MobileTL: On-device Transfer Learning with Inverted Residual Blocks",
         issue: 5,
-        reproduction: None,
+        reproduction: Some(crate::papers::mobiletl::reproduce),
     },
     Paper {
         name: "moat",

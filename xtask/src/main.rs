@@ -176,6 +176,7 @@ fn bench_command(root: &std::path::Path, target: &str, args: &[String]) -> Resul
         "hier-community" => bench::hier_community::run(args)?,
         "mobilenet" => bench::mobilenet::run()?,
         "moat" => bench::moat::run(args)?,
+        "mobiletl" => bench::mobiletl::run(args)?,
         other => bail!("benchmark {other} has no runner"),
     };
     for table in &report.tables {

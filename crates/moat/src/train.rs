@@ -12,14 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::store::ModuleRecord;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Bytes, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -84,20 +82,9 @@ pub fn learning_rate_at(step: usize, total: usize, warmup: usize, peak: f64, min
     min + 0.5 * (peak - min) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
-/// Mean cross-entropy of `logits [B, K]` against label-smoothed one-hot targets.
-pub fn smoothed_cross_entropy(logits: Tensor<2>, labels: &[usize], smoothing: f32) -> Tensor<1> {
-    let [b, k] = logits.dims();
-    assert_eq!(b, labels.len(), "one label per row of logits");
-    let off = smoothing / k as f32;
-    let mut target = vec![off; b * k];
-    for (row, &label) in labels.iter().enumerate() {
-        target[row * k + label] = 1.0 - smoothing + off;
-    }
-    let target = Tensor::<2>::from_data(TensorData::new(target, [b, k]), &logits.device());
-    (log_softmax(logits, 1) * target)
-        .sum()
-        .mul_scalar(-1.0 / b as f64)
-}
+/// Mean cross-entropy of `logits [B, K]` against label-smoothed one-hot targets (the
+/// target puts `1 - s + s / K` on the label and `s / K` elsewhere).
+pub use mobiletl::train::label_smoothed_cross_entropy as smoothed_cross_entropy;
 
 /// Per-parameter ids of everything that AdamW should not decay: rank-1 parameters (biases,
 /// BN / LN scales and shifts) and the relative position tables.
@@ -171,56 +158,40 @@ impl RunState {
 }
 
 /// The files of a run directory: `state.json`, the checkpoint of the last completed
-/// epoch (`epoch-NNNN.model.bpk`, `epoch-NNNN.optimizer.bpk`) and `weights.safetensors`.
-///
-/// A checkpoint becomes current when `state.json` (written last, atomically) names it;
-/// the previous epoch's files are deleted only after that, so an interrupted save leaves
-/// the previous checkpoint intact.
+/// epoch (`epoch-NNNN.model.bpk`, `epoch-NNNN.optimizer.bpk`, written crash-safely by
+/// [`mobiletl::checkpoint::RunDir`]) and `weights.safetensors`.
 #[derive(Debug, Clone)]
 pub struct RunDir {
-    dir: PathBuf,
+    files: mobiletl::checkpoint::RunDir,
 }
 
 impl RunDir {
     /// The run directory `dir` (created on the first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        RunDir { dir: dir.into() }
+        RunDir {
+            files: mobiletl::checkpoint::RunDir::new(dir),
+        }
     }
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.dir
+        self.files.path()
     }
     /// `state.json`.
     pub fn state(&self) -> PathBuf {
-        self.dir.join("state.json")
+        self.files.state()
     }
     /// The final (and latest) weights under the official TF variable names.
     pub fn weights(&self) -> PathBuf {
-        self.dir.join("weights.safetensors")
-    }
-    fn model(&self, stem: &str) -> PathBuf {
-        self.dir.join(format!("{stem}.model.bpk"))
-    }
-    fn optimizer(&self, stem: &str) -> PathBuf {
-        self.dir.join(format!("{stem}.optimizer.bpk"))
+        self.files.path().join("weights.safetensors")
     }
     /// Whether the directory holds a run to resume.
     pub fn exists(&self) -> bool {
-        self.state().is_file()
+        self.files.exists()
     }
     /// Reads `state.json`.
     pub fn read_state(&self) -> Result<RunState> {
-        let path = self.state();
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a MOAT run state", path.display()))
+        self.files.read_state("MOAT")
     }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::weights::write_atomic(path, bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn validate(config: &MoatConfig, options: &TrainOptions, train_images: usize) -> Result<()> {
@@ -230,39 +201,13 @@ fn validate(config: &MoatConfig, options: &TrainOptions, train_images: usize) ->
     if classes == 0 {
         bail!("num_classes must be positive");
     }
-    if options.batch_size < 2 {
-        bail!("batch size must be at least 2 (BatchNorm needs batch statistics)");
-    }
-    if train_images < options.batch_size {
-        bail!(
-            "the training set has {train_images} images, fewer than one batch of {}",
-            options.batch_size
-        );
-    }
-    if options.epochs == 0 {
-        bail!("epochs must be positive");
-    }
-    if !(options.learning_rate > 0.0 && options.min_learning_rate >= 0.0) {
-        bail!("learning rates must be positive");
-    }
-    if !(0.0..1.0).contains(&options.label_smoothing) {
-        bail!("label smoothing must be in [0, 1)");
-    }
-    Ok(())
-}
-
-fn count_correct(logits: Tensor<2>, labels: &[usize]) -> usize {
-    let predicted: Tensor<1, Int> = logits.argmax(1).flatten(0, 1);
-    let predicted = predicted
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .expect("argmax yields integers");
-    predicted
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| **p as usize == **l)
-        .count()
+    mobiletl::train::validate_schedule(
+        options.batch_size,
+        train_images,
+        options.epochs,
+        (options.learning_rate, options.min_learning_rate),
+        options.label_smoothing,
+    )
 }
 
 /// A model, its optimizer and the run's progress.
@@ -329,29 +274,12 @@ impl Trainer {
         let mut model = state.model.init(&device);
         let mut optimizer = optimizer(&model, &state.options);
         if let Some(stem) = &state.checkpoint {
-            let model_path = run.model(stem);
-            let bytes = std::fs::read(&model_path)
-                .with_context(|| format!("cannot read {}", model_path.display()))?;
-            let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| {
-                anyhow::anyhow!("{} is not a burnpack record: {e:?}", model_path.display())
-            })?;
-            model = model.try_load_record(record).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} does not hold the model described in {}: {e:?}",
-                    model_path.display(),
-                    run.state().display()
-                )
-            })?;
-            let optim_path = run.optimizer(stem);
-            let bytes = std::fs::read(&optim_path)
-                .with_context(|| format!("cannot read {}", optim_path.display()))?;
+            model = run.files.load_model(stem, model)?;
             // The group of undecayed parameters is rebuilt from the loaded model, whose
             // parameter ids are those of the record.
-            optimizer = self::optimizer(&model, &state.options)
-                .from_bytes(Bytes::from_bytes_vec(bytes))
-                .map_err(|e| {
-                    anyhow::anyhow!("{} is not an optimizer record: {e:?}", optim_path.display())
-                })?;
+            optimizer = run
+                .files
+                .load_optimizer(stem, self::optimizer(&model, &state.options))?;
         }
         Ok(Trainer {
             model: Some(model),
@@ -402,9 +330,14 @@ impl Trainer {
 
     /// The learning rate of the next step.
     pub fn learning_rate(&self) -> f64 {
+        self.learning_rate_for(self.state.steps_done)
+    }
+
+    /// The learning rate of step `step` of the schedule.
+    fn learning_rate_for(&self, step: usize) -> f64 {
         let o = &self.state.options;
         learning_rate_at(
-            self.state.steps_done,
+            step,
             self.state.total_steps(),
             o.warmup_steps,
             o.learning_rate,
@@ -422,7 +355,7 @@ impl Trainer {
             .take()
             .expect("the model is only taken during a step");
         let logits = model.forward(x);
-        let correct = count_correct(logits.clone().inner(), &labels);
+        let correct = mobiletl::train::count_correct(logits.clone().inner(), &labels);
         let loss = smoothed_cross_entropy(logits, &labels, self.state.options.label_smoothing);
         let loss_value = loss.clone().inner().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -501,13 +434,7 @@ impl Trainer {
             train_loss: loss_sum / seen as f64,
             train_accuracy: correct as f64 / seen as f64,
             eval_accuracy,
-            learning_rate: learning_rate_at(
-                self.state.steps_done.saturating_sub(1),
-                self.state.total_steps(),
-                self.state.options.warmup_steps,
-                self.state.options.learning_rate,
-                self.state.options.min_learning_rate,
-            ),
+            learning_rate: self.learning_rate_for(self.state.steps_done.saturating_sub(1)),
         };
         self.state.epochs_done += 1;
         self.state.history.push(record);
@@ -527,7 +454,7 @@ impl Trainer {
             let batch = assemble_batch(source, chunk, Augmentation::NONE, self.normalization, 0);
             let labels = batch.labels.clone();
             let x = self.input(batch, &device);
-            correct += count_correct(model.forward(x), &labels);
+            correct += mobiletl::train::count_correct(model.forward(x), &labels);
         }
         Ok(correct as f64 / source.len() as f64)
     }
@@ -536,29 +463,21 @@ impl Trainer {
     /// the official TF names. See [`RunDir`] for the order of writes.
     pub fn save(&mut self, run: &RunDir) -> Result<()> {
         let stem = format!("epoch-{:04}", self.state.epochs_done);
-        let model = self.model();
-        model.sync_running_stats();
-        let model_bytes = model
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("cannot serialise the model: {e:?}"))?;
-        write_atomic(&run.model(&stem), &model_bytes)?;
-        let optim_bytes = self
-            .optimizer
-            .into_bytes()
-            .map_err(|e| anyhow::anyhow!("cannot serialise the optimizer: {e:?}"))?;
-        write_atomic(&run.optimizer(&stem), &optim_bytes)?;
+        self.model().sync_running_stats();
+        // The weights first: the state written last by `files.save` then covers them.
         save_tf_weights(&self.inference_model(), run.weights())?;
         let previous = self.state.checkpoint.replace(stem.clone());
-        let json = serde_json::to_string_pretty(&self.state)?;
-        write_atomic(&run.state(), json.as_bytes())?;
-        if let Some(old) = previous.filter(|old| *old != stem) {
-            // Only after the new state names the new files.
-            let _ = std::fs::remove_file(run.model(&old));
-            let _ = std::fs::remove_file(run.optimizer(&old));
-        }
-        Ok(())
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is only taken during a step");
+        run.files.save(
+            &stem,
+            model,
+            &self.optimizer,
+            &self.state,
+            previous.as_deref(),
+        )
     }
 }
 

@@ -433,20 +433,8 @@ pub fn write_safetensors(
     write_atomic(path, &data).map_err(io)
 }
 
-/// Writes `bytes` to `path` through a synced temporary file in the same directory and a
-/// rename, so that a crash leaves either the old file or the complete new one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+/// Writes a file atomically (temporary file in the same folder, synced, renamed).
+pub use mobiletl::checkpoint::write_atomic;
 
 /// Writes the weights of `model` under the official TF variable names and layouts (the
 /// inverse of [`load_tf_weights`]; BN moving statistics included), atomically.

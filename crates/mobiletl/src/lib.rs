@@ -13,9 +13,12 @@
 //! assert_eq!(model.forward(images).dims(), [1, 10]);
 //! ```
 
+pub mod checkpoint;
 pub mod data;
+pub mod heap;
 pub mod imagenet;
 pub mod method;
 pub mod mobilenet;
 pub mod preprocess;
 pub mod tensor_file;
+pub mod train;

@@ -133,12 +133,6 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, TensorData)]) -> Result<(), 
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, &serialized).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+    crate::checkpoint::write_atomic(path, &serialized).map_err(io)?;
     Ok(())
 }

@@ -176,3 +176,176 @@ fn bad_input_fails_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[test]
+fn memory_and_training_flops_print_the_analytic_counts() {
+    let out = mobiletl(&[
+        "memory",
+        "--arch",
+        "mobilenet_v2",
+        "--method",
+        "mobiletl",
+        "--blocks",
+        "5",
+        "--batch",
+        "8",
+        "--resolution",
+        "224",
+        "--num-classes",
+        "10",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tl: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let out = mobiletl(&[
+        "memory",
+        "--arch",
+        "mobilenet_v2",
+        "--method",
+        "vanilla",
+        "--blocks",
+        "5",
+        "--num-classes",
+        "10",
+        "--json",
+    ]);
+    let vanilla: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let (t, v) = (
+        tl["activation_mb"].as_f64().unwrap(),
+        vanilla["activation_mb"].as_f64().unwrap(),
+    );
+    assert!(
+        t > 1.0 && t < 0.7 * v,
+        "MobileTL keeps {t} MB, vanilla {v} MB"
+    );
+    assert_eq!(tl["blocks"], 5);
+    assert!(tl["measured_held_mb"].is_null());
+
+    let out = mobiletl(&[
+        "memory",
+        "--arch",
+        "mobilenet_v3_small",
+        "--method",
+        "mobiletl",
+        "--blocks",
+        "2",
+        "--batch",
+        "2",
+        "--resolution",
+        "64",
+        "--measure",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("measured, held between forward and backward"),
+        "{text}"
+    );
+
+    let out = mobiletl(&[
+        "flops",
+        "--arch",
+        "mobilenet_v3_large",
+        "--method",
+        "full",
+        "--json",
+    ]);
+    let full: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let (f, b) = (
+        full["forward_mflops"].as_f64().unwrap(),
+        full["backward_mflops"].as_f64().unwrap(),
+    );
+    assert!((f - 2.0 * 217.0).abs() < 20.0, "forward {f} MFLOPs");
+    assert!(b > 1.9 * f && b < 2.0 * f, "backward {b} vs forward {f}");
+
+    let out = mobiletl(&[
+        "memory",
+        "--arch",
+        "mobilenet_v2",
+        "--method",
+        "vanilla",
+        "--blocks",
+        "18",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--blocks 18") && err.contains("17"), "{err}");
+}
+
+#[test]
+fn finetune_runs_end_to_end_and_refuses_to_overwrite_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let args = [
+        "finetune",
+        "--arch",
+        "mobilenetv3_small_100",
+        "--dataset",
+        "synthetic",
+        "--method",
+        "mobiletl",
+        "--blocks",
+        "2",
+        "--epochs",
+        "1",
+        "--batch",
+        "8",
+        "--resolution",
+        "32",
+        "--train-limit",
+        "32",
+        "--test-limit",
+        "16",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ];
+    let out = mobiletl(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).contains("test accuracy"), "{}", stdout(&out));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    let acc = state["test_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    assert_eq!(state["history"].as_array().unwrap().len(), 1);
+    assert!(run.join("epoch-0001.model.bpk").is_file());
+
+    let out = mobiletl(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let out = mobiletl(&resume);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = mobiletl(&[
+        "finetune",
+        "--arch",
+        "mobilenet_v2",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--run-dir",
+        dir.path().join("other").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("data_batch_1.bin"), "{err}");
+}

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod hier_community;
 pub mod moat;
 pub mod mobilenet;
+pub mod mobiletl;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,7 +37,7 @@ pub const TARGETS: &[(&str, &str, Option<u32>)] = &[
     (
         "mobiletl",
         "measured training memory, vanilla vs MobileTL",
-        Some(5),
+        None,
     ),
     (
         "moat",

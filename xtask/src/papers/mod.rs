@@ -3,6 +3,7 @@
 
 pub mod hier_community;
 pub mod moat;
+pub mod mobiletl;
 
 use std::path::{Path, PathBuf};
 

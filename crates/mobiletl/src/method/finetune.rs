@@ -143,10 +143,10 @@ fn freeze_inner_norm_scales(mut block: InvertedResidual) -> InvertedResidual {
 ///
 /// The backward is `dx = a * dy` and `dbeta = sum(dy)`; no input is kept.
 pub fn shift_only_batch_norm(norm: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    let (mean, _) = norm.running_stats();
-    let (scale, _) = norm.inference_affine();
+    // The inference affine map is exactly this layer: its shift `beta - a * mean` carries
+    // the gradient to `beta`; the scale is a constant.
+    let (scale, shift) = norm.inference_affine();
     let scale = scale.detach();
-    let shift = norm.beta.val() - scale.clone() * mean.detach();
     let c = scale.dims()[0];
     let device = x.device();
     x * scale.reshape([1, c, 1, 1]).to_device(&device)
