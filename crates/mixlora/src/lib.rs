@@ -1,1 +1,23 @@
-//! mixlora
+//! LLaMA-family decoder-only transformers on burn, configured from and loaded out of
+//! Hugging Face model folders (`config.json`, `model.safetensors` or sharded
+//! `model.safetensors.index.json`): LLaMA 1/2/3, Mistral, Qwen2, TinyLlama, SmolLM2.
+//! The substrate of MixLoRA (Li et al.), whose adapters come on top of it.
+//!
+//! ```no_run
+//! use burn::tensor::{Device, Int, Tensor, TensorData};
+//! let device = Device::flex();
+//! let model = mixlora::load_decoder("SmolLM2-135M".as_ref(), &device)?;
+//! let ids = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [1, 3]), &device);
+//! let logits = model.forward(ids, None); // [1, 3, vocab]
+//! # Ok::<(), mixlora::ModelError>(())
+//! ```
+
+pub mod config;
+pub mod generate;
+pub mod model;
+pub mod weights;
+
+pub use config::{DecoderConfig, RopeScaling};
+pub use generate::greedy;
+pub use model::Decoder;
+pub use weights::{ModelError, load_decoder};

@@ -349,3 +349,84 @@ fn finetune_runs_end_to_end_and_refuses_to_overwrite_a_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("data_batch_1.bin"), "{err}");
 }
+
+/// Writes a CIFAR-10-format folder with `per_file` records per file: class `i % 10`, each
+/// image a flat colour that depends on its class.
+fn write_cifar10(dir: &Path, per_file: usize) {
+    let folder = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&folder).unwrap();
+    let files: Vec<String> = (1..=5)
+        .map(|i| format!("data_batch_{i}.bin"))
+        .chain(["test_batch.bin".to_string()])
+        .collect();
+    for file in files {
+        let mut bytes = Vec::new();
+        for i in 0..per_file {
+            let label = (i % 10) as u8;
+            bytes.push(label);
+            for channel in 0..3u8 {
+                bytes.extend(std::iter::repeat_n(label * 25 + channel * 7, 1024));
+            }
+        }
+        std::fs::write(folder.join(file), bytes).unwrap();
+    }
+}
+
+#[test]
+fn finetune_reads_cifar10_and_writes_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar10(dir.path(), 4);
+    let run = dir.path().join("run");
+    let out = mobiletl(&[
+        "finetune",
+        "--arch",
+        "mobilenet_v3_small",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--method",
+        "vanilla",
+        "--blocks",
+        "1",
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--resolution",
+        "32",
+        "--run-dir",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["dataset"], "cifar10");
+    assert_eq!(state["train_images"], 20);
+    assert_eq!(state["model"]["num_classes"], 10);
+    assert_eq!(state["steps_per_epoch"], 5);
+    assert!(state["test_accuracy"].as_f64().is_some());
+
+    // A truncated file is named.
+    let file = dir.path().join("cifar-10-batches-bin/data_batch_3.bin");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
+    let out = mobiletl(&[
+        "finetune",
+        "--arch",
+        "mobilenet_v3_small",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--run-dir",
+        dir.path().join("other").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("data_batch_3.bin"), "{err}");
+}
