@@ -58,7 +58,7 @@ pub const PAPERS: &[Paper] = &[
         name: "hidiffusion",
         title: "Zhang et al., HiDiffusion: Unlocking Higher-Resolution Creativity and Efficiency",
         issue: 8,
-        reproduction: None,
+        reproduction: Some(crate::papers::hidiffusion::reproduce),
     },
     Paper {
         name: "mixlora",

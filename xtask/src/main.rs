@@ -177,6 +177,9 @@ fn bench_command(root: &std::path::Path, target: &str, args: &[String]) -> Resul
         "mobilenet" => bench::mobilenet::run()?,
         "moat" => bench::moat::run(args)?,
         "mobiletl" => bench::mobiletl::run(args)?,
+        "llm" => bench::llm::run(args)?,
+        "sd" => bench::sd::run(args)?,
+        "hidiffusion" => bench::hidiffusion::run(args)?,
         other => bail!("benchmark {other} has no runner"),
     };
     for table in &report.tables {

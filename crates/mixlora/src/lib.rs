@@ -1,7 +1,8 @@
 //! LLaMA-family decoder-only transformers on burn, configured from and loaded out of
 //! Hugging Face model folders (`config.json`, `model.safetensors` or sharded
 //! `model.safetensors.index.json`): LLaMA 1/2/3, Mistral, Qwen2, TinyLlama, SmolLM2.
-//! The substrate of MixLoRA (Li et al.), whose adapters come on top of it.
+//! LoRA and DoRA adapters in PEFT's format ([`adapters`]); the substrate of MixLoRA
+//! (Li et al.).
 //!
 //! ```no_run
 //! use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -12,12 +13,17 @@
 //! # Ok::<(), mixlora::ModelError>(())
 //! ```
 
+pub mod adapters;
 pub mod config;
 pub mod generate;
 pub mod model;
+pub mod moe;
+pub mod text;
 pub mod weights;
 
+pub use adapters::{AdapterConfig, attach, causal_lm_loss, load_adapter, merge, save_adapter};
 pub use config::{DecoderConfig, RopeScaling};
-pub use generate::greedy;
-pub use model::Decoder;
-pub use weights::{ModelError, load_decoder};
+pub use generate::{Sampling, generate, greedy};
+pub use model::{Decoder, KvCache};
+pub use text::{TextStream, TextTokenizer};
+pub use weights::{ModelError, load_decoder, random_decoder, save_decoder};

@@ -4,11 +4,12 @@
 //! `Mistral*` and `Qwen2*` classes compute them.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, Linear};
+use burn::nn::{Dropout, Embedding, Linear};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::config::DecoderConfig;
+use crate::moe::{LoraMoe, MixLora, RouterRecord};
 
 /// Root-mean-square norm with a learned gain: `x / sqrt(mean(x^2) + eps) * weight`.
 #[derive(Module, Debug)]
@@ -32,17 +33,97 @@ impl RmsNorm {
     }
 }
 
+/// A low-rank adapter on a linear layer: LoRA (`y = W x + scale * B A x`) or, with a
+/// magnitude vector, DoRA (`y = m / |W + scale * B A| * (W + scale * B A) x`, the column
+/// norm detached as in the DoRA paper and PEFT). Stored in burn's `[in, out]` orientation.
+#[derive(Module, Debug)]
+pub struct Adapter {
+    /// `A`, `[in, r]` (PEFT's `lora_A.weight` transposed).
+    pub lora_a: Param<Tensor<2>>,
+    /// `B`, `[r, out]` (PEFT's `lora_B.weight` transposed).
+    pub lora_b: Param<Tensor<2>>,
+    /// DoRA magnitude, `[out]`.
+    pub magnitude: Option<Param<Tensor<1>>>,
+    /// `alpha / r` (or `alpha / sqrt(r)` with rsLoRA).
+    pub scale: f64,
+    /// Dropout on the adapter's input (active only on an autodiff device in training).
+    pub dropout: Dropout,
+}
+
+/// A linear layer of the decoder, with an optional adapter.
+#[derive(Module, Debug)]
+pub struct Projection {
+    /// The pretrained layer (frozen when an adapter trains).
+    pub base: Linear,
+    /// The adapter.
+    pub adapter: Option<Adapter>,
+    /// A LoRAMoE mixture of LoRA experts on this projection.
+    pub mixture: Option<LoraMoe>,
+}
+
+impl Projection {
+    /// The plain layer.
+    pub fn new(base: Linear) -> Self {
+        Projection {
+            base,
+            adapter: None,
+            mixture: None,
+        }
+    }
+
+    /// Applies the layer and its adapter.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Some(mixture) = &self.mixture {
+            return mixture.forward(x.clone(), self.base.forward(x));
+        }
+        let Some(adapter) = &self.adapter else {
+            return self.base.forward(x);
+        };
+        let dropped = adapter.dropout.forward(x.clone());
+        let low_rank = dropped
+            .clone()
+            .matmul(adapter.lora_a.val().unsqueeze())
+            .matmul(adapter.lora_b.val().unsqueeze())
+            .mul_scalar(adapter.scale);
+        let Some(magnitude) = &adapter.magnitude else {
+            return self.base.forward(x) + low_rank;
+        };
+        let weight = self.base.weight.val();
+        let merged = weight.clone()
+            + adapter
+                .lora_a
+                .val()
+                .matmul(adapter.lora_b.val())
+                .mul_scalar(adapter.scale);
+        let norm = merged.square().sum_dim(0).sqrt().detach(); // [1, out]
+        let factor = (magnitude.val().unsqueeze::<2>() / norm).unsqueeze::<3>();
+        let with_bias = |t: Tensor<3>| match &self.base.bias {
+            Some(b) => t + b.val().unsqueeze(),
+            None => t,
+        };
+        if adapter.dropout.prob == 0.0 || !x.device().is_autodiff() {
+            // `m / |W + sBA| (W x + s B A x) + b`.
+            return with_bias((x.matmul(weight.unsqueeze()) + low_rank) * factor);
+        }
+        // PEFT's form under dropout: the base output keeps the clean input, the DoRA
+        // correction `(m/|.| - 1) W x' + m/|.| s B A x'` sees the dropped one.
+        let correction =
+            dropped.matmul(weight.unsqueeze()) * (factor.clone() - 1.0) + low_rank * factor;
+        self.base.forward(x) + correction
+    }
+}
+
 /// Grouped-query self-attention.
 #[derive(Module, Debug)]
 pub struct Attention {
     /// Queries.
-    pub q_proj: Linear,
+    pub q_proj: Projection,
     /// Keys.
-    pub k_proj: Linear,
+    pub k_proj: Projection,
     /// Values.
-    pub v_proj: Linear,
+    pub v_proj: Projection,
     /// Output.
-    pub o_proj: Linear,
+    pub o_proj: Projection,
     /// Query heads.
     pub heads: usize,
     /// Key/value heads.
@@ -67,56 +148,112 @@ fn rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     x * cos.clone() + rotated * sin.clone()
 }
 
+/// Keys and values of the positions a decoder has already seen, per layer, so that
+/// generation computes each new token against them instead of re-running the prefix.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    /// Per layer: keys and values `[B, kv_heads, seen, head_dim]` (after RoPE, before
+    /// the query-head repeat).
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    seen: usize,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.seen
+    }
+
+    /// Whether nothing is held yet.
+    pub fn is_empty(&self) -> bool {
+        self.seen == 0
+    }
+}
+
 impl Attention {
-    /// `x [B, L, D]`; `masked [B, 1, L, L]` is true where a query may not see a key.
+    /// `x [B, L, D]` at positions `start..start + L`; `masked [B, 1, L, start + L]` is
+    /// true where a query may not see a key (`None`: it sees every key). With a cache
+    /// slot, the new keys and values are appended to it and attention runs over all of
+    /// them.
     pub fn forward(
         &self,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        masked: &Tensor<4, Bool>,
+        masked: Option<&Tensor<4, Bool>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
     ) -> Tensor<3> {
         let [b, l, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let q = rope(split_heads(self.q_proj.forward(x.clone()), h, d), cos, sin);
-        let k = rope(split_heads(self.k_proj.forward(x.clone()), kv, d), cos, sin);
-        let v = split_heads(self.v_proj.forward(x), kv, d);
+        let mut k = rope(split_heads(self.k_proj.forward(x.clone()), kv, d), cos, sin);
+        let mut v = split_heads(self.v_proj.forward(x), kv, d);
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.take() {
+                k = Tensor::cat(vec![past_k, k], 2);
+                v = Tensor::cat(vec![past_v, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let keys = k.dims()[2];
         // Each key/value head serves `h / kv` consecutive query heads.
         let repeat = |t: Tensor<4>| -> Tensor<4> {
             if h == kv {
                 return t;
             }
             t.unsqueeze_dim::<5>(2)
-                .expand([b, kv, h / kv, l, d])
-                .reshape([b, h, l, d])
+                .expand([b, kv, h / kv, keys, d])
+                .reshape([b, h, keys, d])
         };
         let (k, v) = (repeat(k), repeat(v));
         let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((d as f64).sqrt());
         // The most negative finite value, as transformers uses: a fully masked row (a
         // padding query) then averages instead of producing NaN.
-        let scores = scores.mask_fill(masked.clone(), f32::MIN);
+        let scores = match masked {
+            Some(masked) => scores.mask_fill(masked.clone(), f32::MIN),
+            None => scores,
+        };
         let out = softmax(scores, 3).matmul(v);
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b, l, h * d]))
     }
 }
 
-/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+/// SwiGLU: `down(silu(gate(x)) * up(x))`, or a MixLoRA mixture of experts over the
+/// same frozen projections.
 #[derive(Module, Debug)]
 pub struct Mlp {
     /// Gate projection.
-    pub gate_proj: Linear,
+    pub gate_proj: Projection,
     /// Up projection.
-    pub up_proj: Linear,
+    pub up_proj: Projection,
     /// Down projection.
-    pub down_proj: Linear,
+    pub down_proj: Projection,
+    /// MixLoRA experts and router (replaces the plain SwiGLU when present).
+    pub moe: Option<MixLora>,
 }
 
 impl Mlp {
-    /// Applies the MLP.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    /// Applies the MLP; with a mixture, also returns its router's record.
+    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Option<RouterRecord>) {
+        if let Some(moe) = &self.moe {
+            let (y, record) = moe.forward(
+                x,
+                &self.gate_proj.base,
+                &self.up_proj.base,
+                &self.down_proj.base,
+            );
+            return (y, Some(record));
+        }
+        let y = self
+            .down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x));
+        (y, None)
     }
 }
 
@@ -140,13 +277,17 @@ impl DecoderLayer {
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
-        masked: &Tensor<4, Bool>,
-    ) -> Tensor<3> {
+        masked: Option<&Tensor<4, Bool>>,
+        cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+    ) -> (Tensor<3>, Option<RouterRecord>) {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, masked);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+                .forward(self.input_layernorm.forward(x), cos, sin, masked, cache);
+        let (y, record) = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(h.clone()));
+        (h + y, record)
     }
 }
 
@@ -171,12 +312,17 @@ impl Decoder {
         self.embed_tokens.weight.dims()[0]
     }
 
-    /// `cos`, `sin` of positions `0..len`, `[1, 1, len, head_dim]` (the frequencies
-    /// repeated over both halves).
-    fn rotary(&self, len: usize, device: &burn::tensor::Device) -> (Tensor<4>, Tensor<4>) {
+    /// `cos`, `sin` of positions `start..start + len`, `[1, 1, len, head_dim]` (the
+    /// frequencies repeated over both halves).
+    fn rotary(
+        &self,
+        start: usize,
+        len: usize,
+        device: &burn::tensor::Device,
+    ) -> (Tensor<4>, Tensor<4>) {
         let half = self.inverse_frequencies.len();
         let mut angles = Vec::with_capacity(len * 2 * half);
-        for p in 0..len {
+        for p in start..start + len {
             for _ in 0..2 {
                 angles.extend(self.inverse_frequencies.iter().map(|f| p as f32 * f));
             }
@@ -197,30 +343,74 @@ impl Decoder {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<3> {
+        self.run(input_ids, attention_mask, None).0
+    }
+
+    /// [`forward`](Self::forward) that also returns the router record of every MixLoRA
+    /// layer (empty without mixtures), for the auxiliary loss and routing statistics.
+    pub fn forward_routed(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+    ) -> (Tensor<3>, Vec<RouterRecord>) {
+        self.run(input_ids, attention_mask, None)
+    }
+
+    /// Logits `[B, L, vocab]` for `input_ids [B, L]` that continue what `cache` has
+    /// seen (positions `cache.len()..`), appending their keys and values to it. Rows are
+    /// unpadded; a fresh cache makes this [`forward`](Self::forward) without a mask.
+    pub fn forward_cached(&self, input_ids: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
+            cache.seen = 0;
+        }
+        let l = input_ids.dims()[1];
+        let (logits, _) = self.run(input_ids, None, Some(cache));
+        cache.seen += l;
+        logits
+    }
+
+    fn run(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        mut cache: Option<&mut KvCache>,
+    ) -> (Tensor<3>, Vec<RouterRecord>) {
         let device = input_ids.device();
         let [b, l] = input_ids.dims();
-        let (cos, sin) = self.rotary(l, &device);
-        // True above the diagonal (burn's `tril_mask` is false on and below it): a
-        // query may not see later keys.
-        let mut masked = Tensor::<2, Bool>::tril_mask([l, l], 0, &device)
-            .unsqueeze::<4>()
-            .expand([b, 1, l, l]);
+        let start = cache.as_ref().map_or(0, |c| c.seen);
+        let (cos, sin) = self.rotary(start, l, &device);
+        // True above the diagonal shifted by `start` (burn's `tril_mask` is false on and
+        // below it): a query may not see later keys. A single new token sees them all.
+        let mut masked = (l > 1).then(|| {
+            Tensor::<2, Bool>::tril_mask([l, start + l], start as i64, &device)
+                .unsqueeze::<4>()
+                .expand([b, 1, l, start + l])
+        });
         if let Some(mask) = attention_mask {
             let padding = mask
                 .equal_elem(0)
                 .reshape([b, 1, 1, l])
                 .expand([b, 1, l, l]);
-            masked = masked.bool_or(padding);
+            masked = Some(match masked {
+                Some(causal) => causal.bool_or(padding),
+                None => padding,
+            });
         }
         let mut x = self.embed_tokens.forward(input_ids);
-        for layer in &self.layers {
-            x = layer.forward(x, &cos, &sin, &masked);
+        let mut records = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
+            let (y, record) = layer.forward(x, &cos, &sin, masked.as_ref(), slot);
+            x = y;
+            records.extend(record);
         }
         let x = self.norm.forward(x);
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(x),
             None => x.matmul(self.embed_tokens.weight.val().transpose().unsqueeze()),
-        }
+        };
+        (logits, records)
     }
 }
 

@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData, bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::config::DecoderConfig;
-use crate::model::{Attention, Decoder, DecoderLayer, Mlp, RmsNorm, expected_tensors};
+use crate::model::{Attention, Decoder, DecoderLayer, Mlp, Projection, RmsNorm, expected_tensors};
 
 /// Why a model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +166,7 @@ pub fn decoder_from_tensors(
         });
     }
     // PyTorch stores linear weights `[out, in]`; burn's `Linear` holds `[in, out]`.
-    let linear = |prefix: &str, bias: bool, tensors: &mut BTreeMap<String, Loaded>| -> Linear {
+    let linear = |prefix: &str, bias: bool, tensors: &mut BTreeMap<String, Loaded>| -> Projection {
         let (w, ws) = tensors
             .remove(&format!("{prefix}.weight"))
             .expect("checked above");
@@ -177,10 +177,10 @@ pub fn decoder_from_tensors(
                 .expect("checked above");
             Param::from_tensor(Tensor::<1>::from_data(TensorData::new(b, [bs[0]]), device))
         });
-        Linear {
+        Projection::new(Linear {
             weight: Param::from_tensor(weight),
             bias,
-        }
+        })
     };
     let embed = {
         let (values, shape) = tensors
@@ -236,11 +236,13 @@ pub fn decoder_from_tensors(
                 gate_proj: linear(&format!("{p}.mlp.gate_proj"), false, &mut tensors),
                 up_proj: linear(&format!("{p}.mlp.up_proj"), false, &mut tensors),
                 down_proj: linear(&format!("{p}.mlp.down_proj"), false, &mut tensors),
+                moe: None,
             },
         });
     }
     let final_norm = norm(&mut tensors, "model.norm.weight");
-    let lm_head = (!config.tie_word_embeddings).then(|| linear("lm_head", false, &mut tensors));
+    let lm_head =
+        (!config.tie_word_embeddings).then(|| linear("lm_head", false, &mut tensors).base);
     Ok(Decoder {
         embed_tokens: Embedding {
             weight: Param::from_tensor(embed),
@@ -250,4 +252,133 @@ pub fn decoder_from_tensors(
         lm_head,
         inverse_frequencies: config.inverse_frequencies(),
     })
+}
+
+/// The tensors of `model` under their Hugging Face names and in PyTorch's orientation
+/// (`[out, in]` linear weights), in [`expected_tensors`] order. Adapters are not
+/// included (see [`merge`](crate::adapters::merge)).
+pub fn named_tensors(model: &Decoder) -> Vec<(String, Tensor<2>)> {
+    let row = |t: Tensor<1>| -> Tensor<2> { t.unsqueeze() };
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        model.embed_tokens.weight.val(),
+    )];
+    for (i, layer) in model.layers.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        out.push((
+            format!("{p}.input_layernorm.weight"),
+            row(layer.input_layernorm.weight.val()),
+        ));
+        out.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            row(layer.post_attention_layernorm.weight.val()),
+        ));
+        let a = &layer.self_attn;
+        let m = &layer.mlp;
+        for (name, proj) in [
+            ("self_attn.q_proj", &a.q_proj),
+            ("self_attn.k_proj", &a.k_proj),
+            ("self_attn.v_proj", &a.v_proj),
+            ("self_attn.o_proj", &a.o_proj),
+            ("mlp.gate_proj", &m.gate_proj),
+            ("mlp.up_proj", &m.up_proj),
+            ("mlp.down_proj", &m.down_proj),
+        ] {
+            out.push((
+                format!("{p}.{name}.weight"),
+                proj.base.weight.val().transpose(),
+            ));
+            if let Some(b) = &proj.base.bias {
+                out.push((format!("{p}.{name}.bias"), row(b.val())));
+            }
+        }
+    }
+    out.push((
+        "model.norm.weight".to_string(),
+        row(model.norm.weight.val()),
+    ));
+    if let Some(head) = &model.lm_head {
+        out.push(("lm_head.weight".to_string(), head.weight.val().transpose()));
+    }
+    out
+}
+
+/// Writes `model` as a Hugging Face folder: `config.json` and a float32
+/// `model.safetensors` (each written to a temporary file, then renamed).
+pub fn save_decoder(model: &Decoder, config: &DecoderConfig, dir: &Path) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut tensors = Vec::new();
+    for (name, t) in named_tensors(model) {
+        let t = t.inner();
+        let mut shape = t.dims().to_vec();
+        let is_vector = name.ends_with("norm.weight") || name.ends_with(".bias");
+        if is_vector {
+            shape = vec![shape[1]];
+        }
+        let values: Vec<f32> = t
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .expect("f32 data");
+        tensors.push((
+            name,
+            shape,
+            values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
+                    .expect("consistent shape"),
+            )
+        })
+        .collect();
+    let path = dir.join("model.safetensors");
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| ModelError::Corrupt {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let write = |path: &Path, bytes: &[u8]| -> Result<(), ModelError> {
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(io(path))
+    };
+    write(&path, &bytes)?;
+    let json = serde_json::to_string_pretty(config).expect("serialisable config");
+    write(&dir.join("config.json"), json.as_bytes())
+}
+
+/// A decoder of `config` with random weights (normal, std `std`; norm gains 1), for
+/// benchmarks and tests that need the shapes, not a checkpoint.
+pub fn random_decoder(
+    config: &DecoderConfig,
+    std: f64,
+    device: &Device,
+) -> Result<Decoder, String> {
+    config.validate()?;
+    let mut tensors = BTreeMap::new();
+    for (name, shape) in expected_tensors(config) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else {
+            let t = Tensor::<1>::random(
+                [n],
+                burn::tensor::Distribution::Normal(0.0, std),
+                &Device::flex(),
+            );
+            t.into_data().try_to_vec().expect("f32 data")
+        };
+        tensors.insert(name, (values, shape));
+    }
+    decoder_from_tensors(config, tensors, Path::new("<random>"), device).map_err(|e| e.to_string())
 }

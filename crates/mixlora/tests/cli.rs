@@ -101,3 +101,47 @@ fn forward_and_generate_reproduce_transformers() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
 }
+
+#[test]
+fn forward_applies_a_peft_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-llama");
+    let adapter = fixture("tiny-llama-lora");
+    let out_path = dir.path().join("logits.safetensors");
+    let out = mixlora(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--input-ids",
+        adapter.join("expected.safetensors").to_str().unwrap(),
+        "--output",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |path: &Path, key: &str| -> Vec<f32> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        file.tensor(key)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let ours = read(&out_path, "logits");
+    let peft = read(&adapter.join("expected.safetensors"), "logits");
+    // Row 0 has no padding: compare it whole.
+    let row = ours.len() / 2;
+    let scale = peft.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = ours[..row]
+        .iter()
+        .zip(&peft[..row])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst / scale <= 1e-4, "{}", worst / scale);
+}

@@ -6,10 +6,13 @@
 
 pub mod alloc;
 pub mod backends;
+pub mod hidiffusion;
 pub mod hier_community;
+pub mod llm;
 pub mod moat;
 pub mod mobilenet;
 pub mod mobiletl;
+pub mod sd;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -44,13 +47,13 @@ pub const TARGETS: &[(&str, &str, Option<u32>)] = &[
         "tiny-MOAT-0 / MOAT-0 latency and training step, global vs window attention",
         None,
     ),
-    ("sd", "one SD 1.5 UNet step at 512x512", Some(7)),
+    ("sd", "one SD 1.5 UNet step at 512x512", None),
     (
         "hidiffusion",
         "vanilla vs RAU-Net vs MSW-MSA at 1024 and 2048",
-        Some(8),
+        None,
     ),
-    ("llm", "SmolLM2-135M-shaped forward and LoRA step", Some(9)),
+    ("llm", "SmolLM2-135M-shaped forward and LoRA step", None),
     ("mixlora", "LoRA vs MixLoRA vs fused adapters", Some(10)),
 ];
 

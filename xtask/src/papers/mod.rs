@@ -1,6 +1,7 @@
 //! Per-paper reproductions: each turns a crate's experiment functions into the "paper vs
 //! this implementation" report of `cargo xtask eval`.
 
+pub mod hidiffusion;
 pub mod hier_community;
 pub mod moat;
 pub mod mobiletl;

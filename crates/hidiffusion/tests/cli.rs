@@ -1,0 +1,230 @@
+//! `hidiffusion generate` end to end on a tiny diffusers folder: a PNG from given
+//! latents equal to diffusers' image, latents saved and read back, seeded runs
+//! reproducible, bad input named.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Expected, fixture, model_dir};
+
+fn hidiffusion(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hidiffusion"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn generate_writes_the_image_diffusers_computes() {
+    let Some(model) = model_dir("sd15-tiny") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let expected = Expected::open(&fixture("sd15-tiny").join("expected.safetensors"));
+    // The fixture's initial latents as an --init-latents file.
+    let (values, shape) = expected.floats("pipe_latents_init");
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes).unwrap();
+    let init = work.path().join("init.safetensors");
+    std::fs::write(
+        &init,
+        safetensors::serialize([("latents", view)], None).unwrap(),
+    )
+    .unwrap();
+    let png = work.path().join("out.png");
+    let saved = work.path().join("final.safetensors");
+    let m = model.path().to_str().unwrap();
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "a photo of an astronaut riding a horse on mars",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--steps",
+        "4",
+        "--guidance",
+        "7.5",
+        "--init-latents",
+        init.to_str().unwrap(),
+        "--save-latents",
+        saved.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(image.dimensions(), (64, 64));
+    // diffusers' image in [0, 1], rounded to 8 bits as numpy_to_pil does.
+    let (want, _) = expected.floats("pipe_image");
+    let worst = image
+        .as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(&got, &w)| (got as i32 - (w * 255.0).round() as i32).abs())
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "pixel differs by {worst} levels");
+    let saved = Expected::open(&saved);
+    let (latents, _) = saved.floats("latents");
+    let (want, _) = expected.floats("pipe_final_latents");
+    common::assert_close("saved latents", &latents, &want, 1e-4);
+
+    // Seeded noise: the same seed gives the same image.
+    let seeded = |path: &std::path::Path| {
+        let out = hidiffusion(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a cat",
+            "--width",
+            "64",
+            "--height",
+            "72",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--sampler",
+            "euler-a",
+            "--out",
+            path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(path).unwrap()
+    };
+    assert_eq!(
+        seeded(&work.path().join("a.png")),
+        seeded(&work.path().join("b.png"))
+    );
+
+    // Bad input is named.
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--width",
+        "60",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiples of 8"));
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--init-latents",
+        png.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out.png"));
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        work.path().to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model_index.json"));
+}
+
+#[test]
+fn hidiffusion_generates_and_compares_at_a_higher_resolution() {
+    let Some(model) = model_dir("sd15-tiny") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let m = model.path().to_str().unwrap();
+    // 4x the tiny model's 64 px: RAD and MSW-MSA both run.
+    let png = work.path().join("hi.png");
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "a cat",
+        "--width",
+        "256",
+        "--height",
+        "256",
+        "--steps",
+        "3",
+        "--hidiffusion",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RAU-Net true, MSW-MSA true"));
+    assert_eq!(
+        image::open(&png).unwrap().to_rgb8().dimensions(),
+        (256, 256)
+    );
+    let grid = work.path().join("grid.png");
+    let out = hidiffusion(&[
+        "compare",
+        "--model",
+        m,
+        "--prompt",
+        "a cat",
+        "--width",
+        "256",
+        "--height",
+        "192",
+        "--steps",
+        "2",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let grid = image::open(&grid).unwrap().to_rgb8();
+    assert_eq!(grid.dimensions(), (2 * 256 + 16, 192));
+    // The two halves differ (HiDiffusion changes the computation).
+    let differing = (0..192)
+        .flat_map(|y| (0..256).map(move |x| (x, y)))
+        .filter(|&(x, y)| grid.get_pixel(x, y) != grid.get_pixel(x + 256 + 16, y))
+        .count();
+    assert!(differing > 1000, "only {differing} pixels differ");
+    // HiDiffusion options without the switch are refused.
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--no-msw-msa",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need --hidiffusion"));
+}
