@@ -64,7 +64,7 @@ pub const PAPERS: &[Paper] = &[
         name: "mixlora",
         title: "Li et al., MixLoRA: LoRA-based Mixture of Experts for LLM Fine-Tuning",
         issue: 10,
-        reproduction: None,
+        reproduction: Some(crate::papers::mixlora::reproduce),
     },
 ];
 

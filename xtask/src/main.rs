@@ -178,6 +178,7 @@ fn bench_command(root: &std::path::Path, target: &str, args: &[String]) -> Resul
         "moat" => bench::moat::run(args)?,
         "mobiletl" => bench::mobiletl::run(args)?,
         "llm" => bench::llm::run(args)?,
+        "mixlora" => bench::mixlora::run(args)?,
         "sd" => bench::sd::run(args)?,
         "hidiffusion" => bench::hidiffusion::run(args)?,
         other => bail!("benchmark {other} has no runner"),

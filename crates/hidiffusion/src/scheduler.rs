@@ -293,21 +293,11 @@ fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f64> {
             }
             out
         }
-        "linspace" => {
-            // np.linspace(0, T - 1, steps).round()[::-1]
-            let end = (t - 1) as f64;
-            let mut out: Vec<f64> = (0..steps)
-                .map(|i| {
-                    if steps == 1 {
-                        0.0
-                    } else {
-                        round_half_even(end * i as f64 / (steps - 1) as f64)
-                    }
-                })
-                .collect();
-            out.reverse();
-            out
-        }
+        // np.linspace(0, T - 1, steps).round()[::-1]
+        "linspace" => descending_linspace(t, steps)
+            .into_iter()
+            .map(round_half_even)
+            .collect(),
         _ => {
             let ratio = t / steps;
             (0..steps)
@@ -316,6 +306,21 @@ fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f64> {
                 .collect()
         }
     }
+}
+
+/// `np.linspace(0, T - 1, steps)[::-1]` (a single step is `[0]`).
+fn descending_linspace(t: usize, steps: usize) -> Vec<f64> {
+    let end = (t - 1) as f64;
+    (0..steps)
+        .rev()
+        .map(|i| {
+            if steps == 1 {
+                0.0
+            } else {
+                end * i as f64 / (steps - 1) as f64
+            }
+        })
+        .collect()
 }
 
 /// numpy's `round` (half to even).
@@ -425,21 +430,9 @@ pub struct EulerAncestral {
 impl EulerAncestral {
     fn new(config: &SchedulerConfig, steps: usize, prediction: Prediction) -> Self {
         let t = config.num_train_timesteps;
+        // Euler keeps linspace timesteps unrounded.
         let timesteps: Vec<f64> = match config.timestep_spacing.as_str() {
-            "linspace" => {
-                let end = (t - 1) as f64;
-                let mut v: Vec<f64> = (0..steps)
-                    .map(|i| {
-                        if steps == 1 {
-                            0.0
-                        } else {
-                            end * i as f64 / (steps - 1) as f64
-                        }
-                    })
-                    .collect();
-                v.reverse();
-                v
-            }
+            "linspace" => descending_linspace(t, steps),
             _ => spaced_timesteps(config, steps),
         };
         let full: Vec<f64> = config

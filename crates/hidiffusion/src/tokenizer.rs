@@ -60,22 +60,12 @@ impl ClipTokenizer {
                 message: e.to_string(),
             })?;
         let merges_text = std::fs::read_to_string(&merges_path).map_err(io_error(&merges_path))?;
-        let mut merges = Vec::new();
-        for (i, line) in merges_text.lines().enumerate() {
-            if line.starts_with("#version") || line.trim().is_empty() {
-                continue;
-            }
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(a), Some(b), None) => merges.push((a.to_string(), b.to_string())),
-                _ => {
-                    return Err(LoadError::Config {
-                        path: merges_path,
-                        message: format!("line {}: expected two symbols, got {line:?}", i + 1),
-                    });
-                }
-            }
-        }
+        let merges = merges_text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.starts_with("#version") && !line.trim().is_empty())
+            .map(|(i, line)| parse_merge(line, i + 1, &merges_path))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut pad = END_OF_TEXT.to_string();
         for file in ["special_tokens_map.json", "tokenizer_config.json"] {
             let path = dir.join(file);
@@ -265,19 +255,11 @@ pub fn openai_vocabulary(
             ),
         });
     }
-    let mut merges = Vec::with_capacity(wanted);
-    for (i, line) in lines[1..=wanted].iter().enumerate() {
-        let mut parts = line.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), None) => merges.push((a.to_string(), b.to_string())),
-            _ => {
-                return Err(LoadError::Config {
-                    path: path.to_path_buf(),
-                    message: format!("line {}: expected two symbols, got {line:?}", i + 2),
-                });
-            }
-        }
-    }
+    let merges = lines[1..=wanted]
+        .iter()
+        .enumerate()
+        .map(|(i, line)| parse_merge(line, i + 2, path))
+        .collect::<Result<Vec<_>, _>>()?;
     let bytes = byte_symbols();
     let mut tokens: Vec<String> = bytes.clone();
     tokens.extend(bytes.iter().map(|s| format!("{s}</w>")));
@@ -290,6 +272,18 @@ pub fn openai_vocabulary(
         .map(|(i, t)| (t, i as u32))
         .collect();
     Ok((vocab, merges))
+}
+
+/// One merge rule, `a b`, of line `number` of `path`.
+fn parse_merge(line: &str, number: usize, path: &Path) -> Result<(String, String), LoadError> {
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(a), Some(b), None) => Ok((a.to_string(), b.to_string())),
+        _ => Err(LoadError::Config {
+            path: path.to_path_buf(),
+            message: format!("line {number}: expected two symbols, got {line:?}"),
+        }),
+    }
 }
 
 /// GPT-2 / CLIP's reversible map from bytes to printable characters, in byte order.

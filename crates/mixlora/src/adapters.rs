@@ -16,7 +16,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Adapter, Decoder, Projection};
-use crate::weights::ModelError;
+use crate::weights::{ModelError, f32_values, write_atomic, write_f32_safetensors};
 
 /// The linear layers an adapter can target, by PEFT's module names.
 pub const TARGETS: [&str; 7] = [
@@ -208,14 +208,7 @@ pub fn load_adapter(
     device: &Device,
 ) -> Result<(Decoder, AdapterConfig), ModelError> {
     let config_path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
-    let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-        path: config_path.clone(),
-        message: e.to_string(),
-    })?;
+    let config: AdapterConfig = crate::config::read_json(&config_path)?;
     config.check(&config_path)?;
     let path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
@@ -308,67 +301,32 @@ pub fn save_adapter(
         move |source| ModelError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut model = model.clone();
     for (name, p) in projections(&mut model) {
         let Some(adapter) = &p.adapter else { continue };
-        let mut push = |part: &str, t: Tensor<2>| {
-            let t = t.inner();
-            let shape = t.dims().to_vec();
-            let values: Vec<f32> = t
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .expect("f32 data");
-            tensors.push((
-                peft_key(&name, part),
-                shape,
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ));
-        };
-        push("lora_A.weight", adapter.lora_a.val().transpose());
-        push("lora_B.weight", adapter.lora_b.val().transpose());
+        for (part, t) in [
+            ("lora_A.weight", adapter.lora_a.val()),
+            ("lora_B.weight", adapter.lora_b.val()),
+        ] {
+            let t = t.inner().transpose();
+            tensors.push((peft_key(&name, part), t.dims().to_vec(), f32_values(t)));
+        }
         if let Some(m) = &adapter.magnitude {
             let m = m.val().inner();
-            let n = m.dims()[0];
-            let values: Vec<f32> = m
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec()
-                .expect("f32 data");
             tensors.push((
                 peft_key(&name, "lora_magnitude_vector"),
-                vec![n],
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                m.dims().to_vec(),
+                f32_values(m),
             ));
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(k, s, b)| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                    .expect("consistent shape"),
-            )
-        })
-        .collect();
     let path = dir.join("adapter_model.safetensors");
-    let bytes = safetensors::serialize(views, None).map_err(|e| ModelError::Corrupt {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    write_atomic(&path, &bytes).map_err(io(&path))?;
+    write_f32_safetensors(&path, tensors, None)?;
     let config_path = dir.join("adapter_config.json");
     let json = serde_json::to_string_pretty(config).expect("serialisable config");
     write_atomic(&config_path, json.as_bytes()).map_err(io(&config_path))?;
     Ok(path)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// transformers' causal-LM loss: logits at position `t` predict `labels[t + 1]`, targets

@@ -93,20 +93,27 @@ pub struct DecoderConfig {
     /// End-of-sequence token(s).
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// Padding token, when the config names one.
+    #[serde(default)]
+    pub pad_token_id: Option<i64>,
+}
+
+/// Reads a JSON file into `T`; errors name the file.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 impl DecoderConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: DecoderConfig =
-            serde_json::from_str(&text).map_err(|e| ModelError::Config {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let config: DecoderConfig = read_json(path)?;
         config.validate().map_err(|message| ModelError::Config {
             path: path.to_path_buf(),
             message,

@@ -15,15 +15,24 @@
 
 pub mod adapters;
 pub mod config;
+pub mod finetune;
+pub mod fused;
 pub mod generate;
 pub mod model;
 pub mod moe;
+pub mod moe_adapter;
+pub mod tasks;
 pub mod text;
+pub mod train;
 pub mod weights;
 
 pub use adapters::{AdapterConfig, attach, causal_lm_loss, load_adapter, merge, save_adapter};
 pub use config::{DecoderConfig, RopeScaling};
 pub use generate::{Sampling, generate, greedy};
 pub use model::{Decoder, KvCache};
+pub use moe::{AuxLossConfig, MixLora, RouterRecord, Routing, aux_loss, tokens_per_expert};
+pub use moe_adapter::{
+    MixLoraConfig, attach_mixlora, load_mixlora, save_mixlora, set_adapter_dropout,
+};
 pub use text::{TextStream, TextTokenizer};
 pub use weights::{ModelError, load_decoder, random_decoder, save_decoder};

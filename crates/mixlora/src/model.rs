@@ -59,7 +59,14 @@ pub struct Projection {
     pub adapter: Option<Adapter>,
     /// A LoRAMoE mixture of LoRA experts on this projection.
     pub mixture: Option<LoraMoe>,
+    /// The adapters of fused slots 1.. (slot 0 is `adapter`), for multi-adapter
+    /// training over one frozen base.
+    pub more: Vec<Option<Adapter>>,
 }
+
+/// Rows of a fused batch per adapter slot (slot 0 first): the batch is the slots' rows
+/// one after the other.
+pub type Slots<'a> = Option<&'a [usize]>;
 
 impl Projection {
     /// The plain layer.
@@ -68,7 +75,41 @@ impl Projection {
             base,
             adapter: None,
             mixture: None,
+            more: Vec::new(),
         }
+    }
+
+    /// The adapter of fused slot `slot`.
+    pub fn slot_adapter(&self, slot: usize) -> Option<&Adapter> {
+        if slot == 0 {
+            self.adapter.as_ref()
+        } else {
+            self.more.get(slot - 1).and_then(Option::as_ref)
+        }
+    }
+
+    /// Applies the layer to a fused batch: the base matrix product once over all rows,
+    /// then each slot's adapter on its own rows.
+    pub fn forward_slots(&self, x: Tensor<3>, slots: Slots<'_>) -> Tensor<3> {
+        let Some(rows) = slots.filter(|r| r.len() > 1) else {
+            return self.forward(x);
+        };
+        let plain = x.clone().matmul(self.base.weight.val().unsqueeze());
+        let bias = |t: Tensor<3>| match &self.base.bias {
+            Some(b) => t + b.val().unsqueeze(),
+            None => t,
+        };
+        let mut parts = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        for (slot, &n) in rows.iter().enumerate() {
+            let base_rows = plain.clone().narrow(0, start, n);
+            parts.push(match self.slot_adapter(slot) {
+                None => bias(base_rows),
+                Some(a) => a.apply(&self.base, x.clone().narrow(0, start, n), base_rows),
+            });
+            start += n;
+        }
+        Tensor::cat(parts, 0)
     }
 
     /// Applies the layer and its adapter.
@@ -187,12 +228,21 @@ impl Attention {
         sin: &Tensor<4>,
         masked: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
+        slots: Slots<'_>,
     ) -> Tensor<3> {
         let [b, l, _] = x.dims();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
-        let q = rope(split_heads(self.q_proj.forward(x.clone()), h, d), cos, sin);
-        let mut k = rope(split_heads(self.k_proj.forward(x.clone()), kv, d), cos, sin);
-        let mut v = split_heads(self.v_proj.forward(x), kv, d);
+        let q = rope(
+            split_heads(self.q_proj.forward_slots(x.clone(), slots), h, d),
+            cos,
+            sin,
+        );
+        let mut k = rope(
+            split_heads(self.k_proj.forward_slots(x.clone(), slots), kv, d),
+            cos,
+            sin,
+        );
+        let mut v = split_heads(self.v_proj.forward_slots(x, slots), kv, d);
         if let Some(slot) = cache {
             if let Some((past_k, past_v)) = slot.take() {
                 k = Tensor::cat(vec![past_k, k], 2);
@@ -220,7 +270,7 @@ impl Attention {
         };
         let out = softmax(scores, 3).matmul(v);
         self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, l, h * d]))
+            .forward_slots(out.swap_dims(1, 2).reshape([b, l, h * d]), slots)
     }
 }
 
@@ -236,9 +286,71 @@ pub struct Mlp {
     pub down_proj: Projection,
     /// MixLoRA experts and router (replaces the plain SwiGLU when present).
     pub moe: Option<MixLora>,
+    /// The mixtures of fused slots 1.. (`None`: that slot's adapter is plain LoRA).
+    pub more_moe: Vec<Option<MixLora>>,
 }
 
 impl Mlp {
+    /// The mixture of fused slot `slot`.
+    pub fn slot_moe(&self, slot: usize) -> Option<&MixLora> {
+        if slot == 0 {
+            self.moe.as_ref()
+        } else {
+            self.more_moe.get(slot - 1).and_then(Option::as_ref)
+        }
+    }
+
+    /// Applies the MLP to a fused batch; one router record per slot with a mixture.
+    pub fn forward_slots(
+        &self,
+        x: Tensor<3>,
+        slots: Slots<'_>,
+    ) -> (Tensor<3>, Vec<Option<RouterRecord>>) {
+        let Some(rows) = slots.filter(|r| r.len() > 1) else {
+            let (y, record) = self.forward(x);
+            return (y, vec![record]);
+        };
+        if (0..rows.len()).all(|s| self.slot_moe(s).is_none()) {
+            // Every slot is plain LoRA: each base product once over the fused batch.
+            let g = self.gate_proj.forward_slots(x.clone(), slots);
+            let u = self.up_proj.forward_slots(x, slots);
+            let y = self.down_proj.forward_slots(silu(g) * u, slots);
+            return (y, vec![None; rows.len()]);
+        }
+        let mut parts = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        for (slot, &n) in rows.iter().enumerate() {
+            let xs = x.clone().narrow(0, start, n);
+            match self.slot_moe(slot) {
+                Some(moe) => {
+                    let (y, record) = moe.forward(
+                        xs,
+                        &self.gate_proj.base,
+                        &self.up_proj.base,
+                        &self.down_proj.base,
+                    );
+                    parts.push(y);
+                    records.push(Some(record));
+                }
+                None => {
+                    let project = |p: &Projection, t: Tensor<3>| match p.slot_adapter(slot) {
+                        None => p.base.forward(t),
+                        Some(a) => {
+                            let plain = t.clone().matmul(p.base.weight.val().unsqueeze());
+                            a.apply(&p.base, t, plain)
+                        }
+                    };
+                    let h = silu(project(&self.gate_proj, xs.clone())) * project(&self.up_proj, xs);
+                    parts.push(project(&self.down_proj, h));
+                    records.push(None);
+                }
+            }
+            start += n;
+        }
+        (Tensor::cat(parts, 0), records)
+    }
+
     /// Applies the MLP; with a mixture, also returns its router's record.
     pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Option<RouterRecord>) {
         if let Some(moe) = &self.moe {
@@ -279,15 +391,21 @@ impl DecoderLayer {
         sin: &Tensor<4>,
         masked: Option<&Tensor<4, Bool>>,
         cache: Option<&mut Option<(Tensor<4>, Tensor<4>)>>,
-    ) -> (Tensor<3>, Option<RouterRecord>) {
+        slots: Slots<'_>,
+    ) -> (Tensor<3>, Vec<Option<RouterRecord>>) {
         let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, masked, cache);
-        let (y, record) = self
+            + self.self_attn.forward(
+                self.input_layernorm.forward(x),
+                cos,
+                sin,
+                masked,
+                cache,
+                slots,
+            );
+        let (y, records) = self
             .mlp
-            .forward(self.post_attention_layernorm.forward(h.clone()));
-        (h + y, record)
+            .forward_slots(self.post_attention_layernorm.forward(h.clone()), slots);
+        (h + y, records)
     }
 }
 
@@ -343,7 +461,7 @@ impl Decoder {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
     ) -> Tensor<3> {
-        self.run(input_ids, attention_mask, None).0
+        self.run(input_ids, attention_mask, None, None).0
     }
 
     /// [`forward`](Self::forward) that also returns the router record of every MixLoRA
@@ -353,7 +471,25 @@ impl Decoder {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
     ) -> (Tensor<3>, Vec<RouterRecord>) {
-        self.run(input_ids, attention_mask, None)
+        let (logits, mut records) = self.run(input_ids, attention_mask, None, None);
+        (logits, records.pop().unwrap_or_default())
+    }
+
+    /// A fused multi-adapter batch: rows `slots[0]` belong to adapter slot 0, the next
+    /// `slots[1]` to slot 1, and so on. Returns the logits and, per slot, the router
+    /// records of its mixtures.
+    pub fn forward_fused(
+        &self,
+        input_ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2, Int>>,
+        slots: &[usize],
+    ) -> (Tensor<3>, Vec<Vec<RouterRecord>>) {
+        assert_eq!(
+            slots.iter().sum::<usize>(),
+            input_ids.dims()[0],
+            "slot rows must cover the batch"
+        );
+        self.run(input_ids, attention_mask, None, Some(slots))
     }
 
     /// Logits `[B, L, vocab]` for `input_ids [B, L]` that continue what `cache` has
@@ -365,7 +501,7 @@ impl Decoder {
             cache.seen = 0;
         }
         let l = input_ids.dims()[1];
-        let (logits, _) = self.run(input_ids, None, Some(cache));
+        let (logits, _) = self.run(input_ids, None, Some(cache), None);
         cache.seen += l;
         logits
     }
@@ -375,7 +511,8 @@ impl Decoder {
         input_ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2, Int>>,
         mut cache: Option<&mut KvCache>,
-    ) -> (Tensor<3>, Vec<RouterRecord>) {
+        slots: Slots<'_>,
+    ) -> (Tensor<3>, Vec<Vec<RouterRecord>>) {
         let device = input_ids.device();
         let [b, l] = input_ids.dims();
         let start = cache.as_ref().map_or(0, |c| c.seen);
@@ -398,12 +535,14 @@ impl Decoder {
             });
         }
         let mut x = self.embed_tokens.forward(input_ids);
-        let mut records = Vec::new();
+        let mut records: Vec<Vec<RouterRecord>> = vec![Vec::new(); slots.map_or(1, <[usize]>::len)];
         for (i, layer) in self.layers.iter().enumerate() {
-            let slot = cache.as_mut().map(|c| &mut c.layers[i]);
-            let (y, record) = layer.forward(x, &cos, &sin, masked.as_ref(), slot);
+            let cached = cache.as_mut().map(|c| &mut c.layers[i]);
+            let (y, per_slot) = layer.forward(x, &cos, &sin, masked.as_ref(), cached, slots);
             x = y;
-            records.extend(record);
+            for (slot, record) in per_slot.into_iter().enumerate() {
+                records[slot].extend(record);
+            }
         }
         let x = self.norm.forward(x);
         let logits = match &self.lm_head {

@@ -149,11 +149,16 @@ impl Adapter {
 
     /// `base_out + delta(x)`, or for DoRA `factor * (base_out + delta(x))` as the
     /// official MixLoRA code scales base and LoRA together (`base_out` is `W x` without
-    /// bias).
-    pub fn apply(&self, base: &Linear, x: Tensor<2>, base_out: Tensor<2>) -> Tensor<2> {
+    /// bias); the bias is added last.
+    pub fn apply<const D: usize>(
+        &self,
+        base: &Linear,
+        x: Tensor<D>,
+        base_out: Tensor<D>,
+    ) -> Tensor<D> {
         let summed = base_out + self.delta(x);
         let out = match self.dora_factor(base.weight.val()) {
-            Some(factor) => summed * factor,
+            Some(factor) => summed * factor.unsqueeze(),
             None => summed,
         };
         match &base.bias {

@@ -237,6 +237,7 @@ pub fn decoder_from_tensors(
                 up_proj: linear(&format!("{p}.mlp.up_proj"), false, &mut tensors),
                 down_proj: linear(&format!("{p}.mlp.down_proj"), false, &mut tensors),
                 moe: None,
+                more_moe: Vec::new(),
             },
         });
     }
@@ -303,33 +304,26 @@ pub fn named_tensors(model: &Decoder) -> Vec<(String, Tensor<2>)> {
     out
 }
 
-/// Writes `model` as a Hugging Face folder: `config.json` and a float32
-/// `model.safetensors` (each written to a temporary file, then renamed).
-pub fn save_decoder(model: &Decoder, config: &DecoderConfig, dir: &Path) -> Result<(), ModelError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tensors = Vec::new();
-    for (name, t) in named_tensors(model) {
-        let t = t.inner();
-        let mut shape = t.dims().to_vec();
-        let is_vector = name.ends_with("norm.weight") || name.ends_with(".bias");
-        if is_vector {
-            shape = vec![shape[1]];
-        }
-        let values: Vec<f32> = t
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec()
-            .expect("f32 data");
-        tensors.push((
-            name,
-            shape,
-            values
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>(),
-        ));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+/// Writes `bytes` to `path` through a temporary file beside it and a rename, so a
+/// reader sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes float32 `tensors` (name, shape, values) as the safetensors file `path`,
+/// atomically.
+pub fn write_f32_safetensors(
+    path: &Path,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), ModelError> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
         .map(|(k, s, b)| {
             (
@@ -339,22 +333,42 @@ pub fn save_decoder(model: &Decoder, config: &DecoderConfig, dir: &Path) -> Resu
             )
         })
         .collect();
-    let path = dir.join("model.safetensors");
-    let mut metadata = std::collections::HashMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| ModelError::Corrupt {
-        path: path.clone(),
+    let data = safetensors::serialize(views, metadata).map_err(|e| ModelError::Corrupt {
+        path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let write = |path: &Path, bytes: &[u8]| -> Result<(), ModelError> {
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(io(path))
-    };
-    write(&path, &bytes)?;
+    write_atomic(path, &data).map_err(io(path))
+}
+
+/// The values of `t` as f32.
+pub(crate) fn f32_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .expect("f32 data")
+}
+
+/// Writes `model` as a Hugging Face folder: `config.json` and a float32
+/// `model.safetensors` (each written atomically).
+pub fn save_decoder(model: &Decoder, config: &DecoderConfig, dir: &Path) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tensors = named_tensors(model)
+        .into_iter()
+        .map(|(name, t)| {
+            let t = t.inner();
+            let mut shape = t.dims().to_vec();
+            if name.ends_with("norm.weight") || name.ends_with(".bias") {
+                shape = vec![shape[1]];
+            }
+            (name, shape, f32_values(t))
+        })
+        .collect();
+    let mut metadata = std::collections::HashMap::new();
+    metadata.insert("format".to_string(), "pt".to_string());
+    write_f32_safetensors(&dir.join("model.safetensors"), tensors, Some(metadata))?;
     let json = serde_json::to_string_pretty(config).expect("serialisable config");
-    write(&dir.join("config.json"), json.as_bytes())
+    let path = dir.join("config.json");
+    write_atomic(&path, json.as_bytes()).map_err(io(&path))
 }
 
 /// A decoder of `config` with random weights (normal, std `std`; norm gains 1), for

@@ -9,6 +9,7 @@ pub mod backends;
 pub mod hidiffusion;
 pub mod hier_community;
 pub mod llm;
+pub mod mixlora;
 pub mod moat;
 pub mod mobilenet;
 pub mod mobiletl;
@@ -54,7 +55,7 @@ pub const TARGETS: &[(&str, &str, Option<u32>)] = &[
         None,
     ),
     ("llm", "SmolLM2-135M-shaped forward and LoRA step", None),
-    ("mixlora", "LoRA vs MixLoRA vs fused adapters", Some(10)),
+    ("mixlora", "LoRA vs MixLoRA vs fused adapters", None),
 ];
 
 /// Timing statistics of repeated runs, in milliseconds.

@@ -3,6 +3,7 @@
 
 pub mod hidiffusion;
 pub mod hier_community;
+pub mod mixlora;
 pub mod moat;
 pub mod mobiletl;
 

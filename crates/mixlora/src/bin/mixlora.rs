@@ -89,6 +89,102 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Fine-tunes an adapter (LoRA, DoRA, MixLoRA, MixDoRA, the routing variants or
+    /// LoRAMoE) on commonsense tasks or the synthetic suite, checkpointing into --out.
+    Train {
+        /// Base model folder (with tokenizer.json for text tasks). Omit with
+        /// --task synthetic to use the suite's own tiny random base.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// lora, dora, mixlora, mixdora, mixlora-dynamic, mixlora-switch, loramoe.
+        #[arg(long, default_value = "mixlora")]
+        method: String,
+        /// Comma-separated tasks (arc-e, arc-c, boolq, obqa, piqa, siqa, hellaswag,
+        /// winogrande) trained together, or `synthetic`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        task: Vec<String>,
+        /// Root of the fetched datasets (`cargo xtask fetch`).
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// LoRA rank.
+        #[arg(long, default_value_t = 16)]
+        r: usize,
+        /// LoRA alpha.
+        #[arg(long, default_value_t = 32)]
+        alpha: usize,
+        /// Experts per layer.
+        #[arg(long, default_value_t = 8)]
+        experts: usize,
+        /// Experts per token.
+        #[arg(long, default_value_t = 2)]
+        top_k: usize,
+        /// LoRA dropout.
+        #[arg(long, default_value_t = 0.05)]
+        dropout: f64,
+        /// Learning rate (constant).
+        #[arg(long, default_value_t = 2e-4)]
+        lr: f64,
+        /// Examples per optimizer step.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Examples per forward pass (gradient accumulation makes up the batch).
+        #[arg(long, default_value_t = 4)]
+        micro_batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 512)]
+        cutoff: usize,
+        /// Passes over the data.
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        /// AdamW weight decay.
+        #[arg(long, default_value_t = 0.01)]
+        weight_decay: f64,
+        /// Auxiliary load-balance coefficient.
+        #[arg(long, default_value_t = 1e-3)]
+        aux_coef: f64,
+        /// Use at most this many training examples per task.
+        #[arg(long)]
+        train_limit: Option<usize>,
+        /// Checkpoint every this many optimizer steps.
+        #[arg(long, default_value_t = 200)]
+        save_every: usize,
+        /// Stop after this optimizer step (resume later with --resume).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Continue the run in --out.
+        #[arg(long)]
+        resume: bool,
+        /// Seed of the data order and the adapter's initialisation.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Run folder: adapter files, optimizer state, state.json.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Accuracy of a model (with an adapter) on commonsense tasks or the synthetic suite.
+    Eval {
+        /// Base model folder (omit with --task synthetic).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Adapter folder (PEFT or MixLoRA).
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Comma-separated tasks, or `synthetic`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        task: Vec<String>,
+        /// Root of the fetched datasets.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Tokens per prompt.
+        #[arg(long, default_value_t = 512)]
+        cutoff: usize,
+        /// Use at most this many evaluation examples per task.
+        #[arg(long)]
+        eval_limit: Option<usize>,
+        /// Questions per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
 }
 
 /// An int64 matrix: values and `[rows, cols]`.
@@ -260,8 +356,225 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
         }
+        Command::Train {
+            model,
+            method,
+            task,
+            data_dir,
+            r,
+            alpha,
+            experts,
+            top_k,
+            dropout,
+            lr,
+            batch,
+            micro_batch,
+            cutoff,
+            epochs,
+            weight_decay,
+            aux_coef,
+            train_limit,
+            save_every,
+            max_steps,
+            resume,
+            seed,
+            out,
+        } => {
+            let device = device.autodiff();
+            device.seed(seed);
+            let spec = mixlora::finetune::AdapterSpec::for_method(
+                &method, r, alpha, experts, top_k, dropout,
+            )?;
+            let (base, data, _, pad) = load_data(
+                model.as_deref(),
+                &task,
+                &data_dir,
+                cutoff,
+                train_limit,
+                Some(0),
+                &device,
+            )?;
+            let options = mixlora::train::TrainOptions {
+                lr,
+                batch,
+                micro_batch,
+                epochs,
+                weight_decay,
+                aux_balance: aux_coef,
+                aux_z: 1e-3,
+                seed,
+                pad,
+            };
+            let description = serde_json::json!({
+                "method": method, "task": task, "model": model, "r": r, "alpha": alpha,
+                "experts": experts, "top_k": top_k, "dropout": dropout, "cutoff": cutoff,
+                "train_limit": train_limit, "examples": data.len(),
+            });
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} steps {elapsed_precise} (eta {eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            let (_, state) = mixlora::finetune::fine_tune(
+                base,
+                &spec,
+                &data,
+                &options,
+                &out,
+                save_every,
+                resume,
+                max_steps,
+                description,
+                &mut |record, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(record.step as u64);
+                    bar.set_message(format!(
+                        "loss {:.4} aux {:.4} {:.0} tok/s",
+                        record.loss, record.aux_loss, record.tokens_per_second
+                    ));
+                },
+            )?;
+            bar.finish();
+            let last = state.history.last();
+            println!(
+                "{} steps of {}; last loss {:.4}, aux {:.4}; adapter in {}",
+                state.step,
+                state.total_steps,
+                last.map_or(f64::NAN, |r| r.loss),
+                last.map_or(f64::NAN, |r| r.aux_loss),
+                out.display()
+            );
+        }
+        Command::Eval {
+            model,
+            adapter,
+            task,
+            data_dir,
+            cutoff,
+            eval_limit,
+            batch,
+        } => {
+            let (base, _, eval, pad) = load_data(
+                model.as_deref(),
+                &task,
+                &data_dir,
+                cutoff,
+                Some(0),
+                eval_limit,
+                &device,
+            )?;
+            let model = match &adapter {
+                Some(dir) => {
+                    mixlora::finetune::AdapterSpec::load(base, dir, &device)
+                        .map_err(|e| e.to_string())?
+                        .0
+                }
+                None => base,
+            };
+            let (per_task, overall) = mixlora::train::evaluate(&model, &eval, batch, pad);
+            for (name, (right, all)) in task_names(&task).iter().zip(&per_task) {
+                println!(
+                    "{name}: {:.2}% ({right}/{all})",
+                    100.0 * *right as f64 / (*all).max(1) as f64
+                );
+            }
+            println!("average: {:.2}%", 100.0 * overall);
+        }
     }
     Ok(())
+}
+
+/// The task names a run reports, in order (the synthetic suite's four).
+fn task_names(task: &[String]) -> Vec<String> {
+    if task == ["synthetic"] {
+        mixlora::tasks::synthetic_suite(0, 0, 0)
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    } else {
+        task.to_vec()
+    }
+}
+
+/// The base model (on `device`), training and evaluation examples, and the padding id.
+#[allow(clippy::type_complexity)]
+fn load_data(
+    model: Option<&Path>,
+    task: &[String],
+    data_dir: &Path,
+    cutoff: usize,
+    train_limit: Option<usize>,
+    eval_limit: Option<usize>,
+    device: &Device,
+) -> Result<
+    (
+        mixlora::Decoder,
+        Vec<mixlora::train::TrainExample>,
+        Vec<mixlora::train::EvalExample>,
+        i64,
+    ),
+    String,
+> {
+    if task == ["synthetic"] {
+        let suite = mixlora::tasks::synthetic_suite(
+            train_limit.unwrap_or(512),
+            eval_limit.unwrap_or(256),
+            7,
+        );
+        let (train, eval) = mixlora::tasks::token_examples(&suite);
+        let base = match model {
+            Some(dir) => mixlora::load_decoder(dir, device).map_err(|e| e.to_string())?,
+            None => mixlora::tasks::synthetic_base(device, 3),
+        };
+        if base.vocab_size() < mixlora::tasks::SYNTHETIC_VOCAB {
+            return Err(format!(
+                "the synthetic suite needs a vocabulary of at least {} tokens",
+                mixlora::tasks::SYNTHETIC_VOCAB
+            ));
+        }
+        return Ok((base, train, eval, 0));
+    }
+    let dir = model.ok_or("--model is required for text tasks")?;
+    let tokenizer = mixlora::TextTokenizer::from_dir(dir).map_err(|e| e.to_string())?;
+    let config =
+        mixlora::DecoderConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
+    let mut sets = Vec::new();
+    for name in task {
+        let t = mixlora::tasks::Task::from_name(name)?;
+        let limit = |mut v: Vec<mixlora::tasks::Example>, n: Option<usize>| {
+            if let Some(n) = n {
+                v.truncate(n);
+            }
+            v
+        };
+        let train = if train_limit == Some(0) {
+            Vec::new()
+        } else {
+            limit(
+                t.load(data_dir, mixlora::tasks::Split::Train)
+                    .map_err(|e| e.to_string())?,
+                train_limit,
+            )
+        };
+        let eval = if eval_limit == Some(0) {
+            Vec::new()
+        } else {
+            limit(
+                t.load(data_dir, mixlora::tasks::Split::Eval)
+                    .map_err(|e| e.to_string())?,
+                eval_limit,
+            )
+        };
+        sets.push((t, train, eval));
+    }
+    let (train, eval) =
+        mixlora::tasks::text_examples(&tokenizer, &sets, cutoff).map_err(|e| e.to_string())?;
+    let base = mixlora::load_decoder(dir, device).map_err(|e| e.to_string())?;
+    // The pad id: the config's, else 0 (MoE-PEFT falls back to unk, eos, then 0).
+    let pad = config.pad_token_id.unwrap_or(0);
+    Ok((base, train, eval, pad))
 }
 
 fn main() -> ExitCode {

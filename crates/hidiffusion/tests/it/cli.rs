@@ -2,11 +2,10 @@
 //! latents equal to diffusers' image, latents saved and read back, seeded runs
 //! reproducible, bad input named.
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 
-use common::{Expected, fixture, model_dir};
+use crate::common::{Expected, fixture, model_dir};
 
 fn hidiffusion(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hidiffusion"))

@@ -3,10 +3,8 @@
 //! spacing, initial sigma, input scaling, and single steps for epsilon and v
 //! prediction with and without noise.
 
-mod common;
-
+use crate::common::{Expected, assert_close, fixture, values};
 use burn::tensor::Device;
-use common::{Expected, assert_close, fixture, values};
 use hidiffusion::scheduler::{SamplerKind, Scheduler, SchedulerConfig};
 use serde_json::Value;
 

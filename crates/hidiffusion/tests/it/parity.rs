@@ -5,10 +5,8 @@
 //! encode, a 4-step DDIM run with guidance and a negative prompt, the decoded image)
 //! within 1e-4 relative.
 
-mod common;
-
+use crate::common::{Expected, assert_close, fixture, model_dir, openai_merges, values};
 use burn::tensor::Device;
-use common::{Expected, assert_close, fixture, model_dir, openai_merges, values};
 use hidiffusion::pipeline::{LoadOptions, Request, StableDiffusion};
 use hidiffusion::tokenizer::ClipTokenizer;
 use hidiffusion::unet::AddedConditions;

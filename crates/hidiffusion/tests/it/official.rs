@@ -6,10 +6,8 @@
 //! 0, 1, 2, 3 quarter windows. Each recorded UNet call (inside and after T1) and the
 //! final latents of each run match within 1e-4 relative.
 
-mod common;
-
+use crate::common::{Expected, assert_close, fixture, model_dir, values};
 use burn::tensor::{Device, Tensor};
-use common::{Expected, assert_close, fixture, model_dir, values};
 use hidiffusion::msw_msa::CycledShifts;
 use hidiffusion::pipeline::{LoadOptions, ModelKind, Request, StableDiffusion};
 use hidiffusion::{HiDiffusion, HiDiffusionConfig};
@@ -241,5 +239,58 @@ fn schedules_follow_the_official_thresholds() {
     assert_eq!(
         count(HiDiffusionConfig::for_model(ModelKind::Sd1), 90, [256, 256]).0,
         62
+    );
+}
+
+#[test]
+fn multiply_adds_follow_the_arithmetic_of_each_mechanism() {
+    use hidiffusion::cost::{CountedMechanisms, unet_macs};
+    let Some(dir) = model_dir("sd15-tiny") else {
+        return;
+    };
+    let sd =
+        StableDiffusion::from_diffusers_dir(dir.path(), &Device::flex(), LoadOptions::default())
+            .unwrap();
+    let latent = [32, 32];
+    let vanilla = unet_macs(&sd.unet, 1, latent, 77, CountedMechanisms::default());
+    // Quadrupling the area quadruples every convolution.
+    let double = unet_macs(&sd.unet, 1, [64, 64], 77, CountedMechanisms::default());
+    assert_eq!(double.conv, 4.0 * vanilla.conv);
+    // MSW-MSA on the 5 top self-attentions (1024 tokens, 16 channels): 4 windows of 256
+    // tokens keep a quarter of the score pairs.
+    let windows = unet_macs(
+        &sd.unet,
+        1,
+        latent,
+        77,
+        CountedMechanisms {
+            windows: Some((0, 3)),
+            ..Default::default()
+        },
+    );
+    let n = 1024.0;
+    assert_eq!(
+        vanilla.attention - windows.attention,
+        5.0 * 0.75 * 2.0 * n * n * 16.0
+    );
+    assert_eq!(windows.conv, vanilla.conv);
+    // RAD shrinks every level below the top 4x instead of 2x: fewer multiply-adds than
+    // vanilla, more than the whole UNet at half the latent side (whose top level is also
+    // halved).
+    let rad = unet_macs(
+        &sd.unet,
+        1,
+        latent,
+        77,
+        CountedMechanisms {
+            rad: Some(0),
+            ..Default::default()
+        },
+    );
+    assert!(rad.total() < vanilla.total());
+    let small = unet_macs(&sd.unet, 1, [16, 16], 77, CountedMechanisms::default());
+    assert!(
+        rad.total() > small.total(),
+        "the top level still runs at full size"
     );
 }

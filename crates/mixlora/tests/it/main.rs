@@ -1,0 +1,9 @@
+//! The integration tests of `mixlora`, in one binary (one link of burn instead of one
+//! per file).
+
+mod adapters;
+mod cli;
+mod moe;
+mod parity;
+mod text;
+mod train;
