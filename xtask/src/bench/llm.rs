@@ -15,9 +15,8 @@ use super::alloc::measure;
 use super::{reference_python, run_reference_script, time_interleaved};
 use crate::report::{Report, Table, fmt_f};
 
-/// SmolLM2-135M's `config.json` (`quick`: 4 of its 30 layers).
-fn config(quick: bool) -> DecoderConfig {
-    let layers = if quick { 4 } else { 30 };
+/// SmolLM2-135M's `config.json` with `layers` of its 30 layers.
+pub fn smollm2_config(layers: usize) -> DecoderConfig {
     serde_json::from_value(serde_json::json!({
         "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
         "intermediate_size": 1536, "num_hidden_layers": layers, "num_attention_heads": 9,
@@ -46,7 +45,7 @@ pub fn run(args: &[String]) -> Result<Report> {
     } else {
         (3, 10, Duration::from_secs(60))
     };
-    let config = config(quick);
+    let config = smollm2_config(if quick { 4 } else { 30 });
     let reference = match reference_python() {
         Some(_) => {
             println!("running tools/reference/bench/llm.py ...");

@@ -12,20 +12,10 @@ use burn::tensor::{Device, Tensor};
 use mixlora::finetune::AdapterSpec;
 use mixlora::fused::FusedAdapters;
 use mixlora::train::{TrainExample, TrainOptions, collate};
-use mixlora::{AuxLossConfig, DecoderConfig, aux_loss, causal_lm_loss};
+use mixlora::{AuxLossConfig, aux_loss, causal_lm_loss};
 
 use super::alloc::measure;
 use crate::report::{Report, Table, fmt_f};
-
-fn config(layers: usize) -> DecoderConfig {
-    serde_json::from_value(serde_json::json!({
-        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
-        "intermediate_size": 1536, "num_hidden_layers": layers, "num_attention_heads": 9,
-        "num_key_value_heads": 3, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
-        "tie_word_embeddings": true, "max_position_embeddings": 8192
-    }))
-    .expect("a valid config")
-}
 
 fn examples(batch: usize, len: usize, vocab: usize, offset: usize) -> Vec<TrainExample> {
     (0..batch)
@@ -95,7 +85,7 @@ pub fn run(args: &[String]) -> Result<Report> {
     let quick = args.iter().any(|a| a == "--quick");
     let (layers, len, runs) = if quick { (4, 64, 2) } else { (30, 256, 3) };
     let batch = 4;
-    let config = config(layers);
+    let config = super::llm::smollm2_config(layers);
     let device = Device::flex().autodiff();
     device.seed(0);
     println!("building the SmolLM2-135M-shaped decoder ({layers} layers) ...");
