@@ -120,8 +120,7 @@ pub fn reproduce(options: &EvalOptions) -> Result<Report> {
                 measured.row([cell(0), cell(1), cell(2), cell(3), cell(6)]);
             }
             measured.note(format!(
-                "From {} ({}).",
-                bench.display(),
+                "From results/bench/hidiffusion.json ({}).",
                 value["environment"].as_str().unwrap_or("")
             ));
         }
