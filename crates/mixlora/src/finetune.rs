@@ -29,17 +29,6 @@ pub enum AdapterSpec {
     Mixture(MixLoraConfig),
 }
 
-/// The seven projections of a LLaMA layer.
-pub const ALL_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
 impl AdapterSpec {
     /// The adapter of a method name: `lora`, `dora`, `mixlora`, `mixdora`,
     /// `mixlora-dynamic`, `mixlora-switch`, `loramoe`, on all seven projections
@@ -54,7 +43,12 @@ impl AdapterSpec {
     ) -> Result<Self, String> {
         match method {
             "lora" | "dora" => {
-                let mut c = AdapterConfig::new(r, alpha as f64, &ALL_TARGETS, method == "dora");
+                let mut c = AdapterConfig::new(
+                    r,
+                    alpha as f64,
+                    &crate::adapters::TARGETS,
+                    method == "dora",
+                );
                 c.lora_dropout = dropout;
                 Ok(AdapterSpec::Peft(c))
             }

@@ -91,16 +91,7 @@ pub fn run(args: &[String]) -> Result<Report> {
     println!("timing LoRA training steps ...");
     let ad = device.clone().autodiff();
     let base = mixlora::random_decoder(&config, 0.02, &ad).map_err(|e| anyhow!(e))?;
-    let targets = [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ];
-    let lora = AdapterConfig::new(8, 16.0, &targets, false);
+    let lora = AdapterConfig::new(8, 16.0, &mixlora::adapters::TARGETS, false);
     let mut model_ad = Some(mixlora::attach(base, &lora, &ad));
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let (x4_ad, _) = ids(4, len, config.vocab_size, &ad);
