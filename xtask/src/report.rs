@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One table with a title, a header row, body rows and notes under it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Table {
     /// Title, printed above the table.
     pub title: String,
@@ -117,7 +117,7 @@ impl Table {
 }
 
 /// A set of tables produced by one run, with where and how it was measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Short name: the paper (`hier-community`) or benchmark (`bench-backends`).
     pub name: String,

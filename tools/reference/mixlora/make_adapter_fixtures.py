@@ -1,5 +1,5 @@
 """PEFT LoRA and DoRA adapters on the tiny LLaMA fixture, and what PEFT computes with
-them, for crates/mixlora/tests/adapters.rs.
+them, for crates/mixlora/tests/it/adapters.rs.
 
 Writes crates/mixlora/tests/fixtures/tiny-llama-<kind>/ with PEFT's own
 adapter_config.json + adapter_model.safetensors (B non-zero, so the adapter changes the

@@ -1,5 +1,5 @@
 """Tiny random LLaMA-family checkpoints in Hugging Face format, and what transformers
-computes on them, for crates/mixlora/tests/parity.rs.
+computes on them, for crates/mixlora/tests/it/parity.rs.
 
 Writes crates/mixlora/tests/fixtures/<name>/{config.json, model.safetensors} (float32,
 as `save_pretrained` writes them) and <name>/expected.safetensors with:

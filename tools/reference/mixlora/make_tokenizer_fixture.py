@@ -1,5 +1,5 @@
 """A small tokenizer for the tiny LLaMA fixture, and what transformers does with it, for
-crates/mixlora/tests/text.rs.
+crates/mixlora/tests/it/text.rs.
 
 The tiny model has 96 tokens, so no real tokenizer fits; this trains a SentencePiece-style
 BPE (Metaspace pre-tokenizer, BOS added by a TemplateProcessing post-processor, as LLaMA

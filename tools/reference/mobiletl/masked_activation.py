@@ -1,4 +1,4 @@
-"""Reference gradients of MobileTL's 1-bit activation backward (tests/masked_activation.rs).
+"""Reference gradients of MobileTL's 1-bit activation backward (crates/mobiletl/tests/it/masked_activation.rs).
 
 MobileTL (Chiang et al.) keeps only a binary mask for the backward of each activation:
 ReLU6 uses its exact derivative 1[0 < x < 6]; Hard-Swish is approximated by the step

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Distribution, Tensor};
 use hidiffusion::config::released_unet_config;
 use hidiffusion::cost::{UNetMacs, unet_macs};
@@ -69,6 +69,78 @@ impl Variant {
             Variant::Both => Some(base),
         }
     }
+
+    /// The name `--variants` takes.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Variant::Vanilla => "vanilla",
+            Variant::RauNet => "rau-net",
+            Variant::MswMsa => "msw-msa",
+            Variant::Both => "both",
+        }
+    }
+}
+
+/// The value following `flag` in `args`, if the flag is present.
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>> {
+    match args.iter().position(|a| a == flag) {
+        None => Ok(None),
+        Some(i) => match args.get(i + 1) {
+            Some(v) => Ok(Some(v.as_str())),
+            None => bail!("{flag} needs a value"),
+        },
+    }
+}
+
+/// `--variants rau-net,both`: the variants to time. Vanilla is always timed, since every
+/// other variant is reported relative to it.
+fn parse_variants(list: Option<&str>) -> Result<Vec<Variant>> {
+    let Some(list) = list else {
+        return Ok(Variant::ALL.to_vec());
+    };
+    let mut chosen = vec![Variant::Vanilla];
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let variant = Variant::ALL
+            .into_iter()
+            .find(|v| v.flag() == name)
+            .with_context(|| {
+                format!("unknown variant {name:?} in --variants (vanilla, rau-net, msw-msa, both)")
+            })?;
+        if !chosen.contains(&variant) {
+            chosen.push(variant);
+        }
+    }
+    // Table order, whatever the order on the command line.
+    chosen.sort_by_key(|v| Variant::ALL.iter().position(|a| a == v));
+    Ok(chosen)
+}
+
+/// `--sizes 1024,2048` (pixels, multiples of 64).
+fn parse_sizes(list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|x| {
+            let px: usize = x
+                .trim()
+                .parse()
+                .with_context(|| format!("--sizes: {x:?} is not a pixel count"))?;
+            ensure!(
+                px >= 64 && px % 64 == 0,
+                "--sizes: {px} is not a positive multiple of 64"
+            );
+            Ok(px)
+        })
+        .collect()
+}
+
+/// The size (pixels) a table of this benchmark is about: the summary's first cell, or the
+/// `NxN` in a per-call table's title.
+fn size_of_row(row: &[String]) -> Option<usize> {
+    row.first()?.split('x').next()?.parse().ok()
+}
+
+fn size_of_call_table(table: &Table) -> Option<usize> {
+    let after = table.title.split(" at ").nth(1)?;
+    after.split('x').next()?.parse().ok()
 }
 
 /// Per variant: the distinct UNet calls of a `STEPS`-step run (what runs, on how many
@@ -119,17 +191,21 @@ fn describe(active: ActiveMechanisms) -> &'static str {
     }
 }
 
-/// Arguments: `--quick` (512 and 1024 px: latents 64 and 128), `--sizes 1024,2048`.
+/// Arguments: `--quick` (512 and 1024 px: latents 64 and 128), `--sizes 1024,2048`,
+/// `--variants rau-net,msw-msa,both` (vanilla always runs).
+///
+/// A vanilla call at 2048 px takes over half an hour on 2 cores, so sizes can be measured
+/// in separate runs: rows of sizes not measured now are carried over from the previous
+/// `results/bench/hidiffusion.json`, with a note saying when they were measured.
 pub fn run(args: &[String]) -> Result<Report> {
     let quick = args.iter().any(|a| a == "--quick");
-    let sizes: Vec<usize> = match args.iter().position(|a| a == "--sizes") {
-        Some(i) => args
-            .get(i + 1)
-            .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
-            .unwrap_or_default(),
+    let sizes: Vec<usize> = match flag_value(args, "--sizes")? {
+        Some(list) => parse_sizes(list)?,
         None if quick => vec![512, 1024],
         None => vec![1024, 2048],
     };
+    let variants = parse_variants(flag_value(args, "--variants")?)?;
+    let previous = if quick { None } else { previous_report()? };
     let device = Device::flex();
     device.seed(0);
     println!("building the SD 1.5 UNet with random weights ...");
@@ -176,7 +252,7 @@ pub fn run(args: &[String]) -> Result<Report> {
         let mut vanilla = (0.0, 0.0);
         // Calls with the same mechanisms are timed once and shared between variants.
         let mut timed: Vec<((bool, bool, bool), f64, usize)> = Vec::new();
-        for variant in Variant::ALL {
+        for &variant in &variants {
             let (mut seconds, mut macs) = (0.0, 0.0);
             for (active, steps) in schedule(variant, latent) {
                 let step = step_for(variant, latent, active);
@@ -251,6 +327,9 @@ pub fn run(args: &[String]) -> Result<Report> {
         );
         report.tables.push(calls);
     }
+    if let Some(previous) = &previous {
+        carry_over(previous, &sizes, &mut summary, &mut report.tables);
+    }
     summary.note(
         "Projected run = sum over the 50 steps of the measured call time of each step's \
          configuration (text encoding and VAE decoding, the same for every variant, left out). \
@@ -259,4 +338,149 @@ pub fn run(args: &[String]) -> Result<Report> {
     );
     report.tables.insert(0, summary);
     Ok(report)
+}
+
+/// The report of the previous run (`results/bench/hidiffusion.json`), if there is one.
+fn previous_report() -> Result<Option<Report>> {
+    let path = crate::workspace_root().join("results/bench/hidiffusion.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{} is not a benchmark report", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Adds the rows and per-call tables of `previous` for sizes not in `measured`, sorted
+/// by size, each with a note saying when it was measured.
+fn carry_over(previous: &Report, measured: &[usize], summary: &mut Table, calls: &mut Vec<Table>) {
+    let Some(old_summary) = previous.tables.first() else {
+        return;
+    };
+    if old_summary.columns != summary.columns {
+        // Another layout (an older version of this benchmark): nothing to merge.
+        return;
+    }
+    let mut carried: Vec<usize> = Vec::new();
+    for row in &old_summary.rows {
+        if let Some(px) = size_of_row(row).filter(|px| !measured.contains(px)) {
+            summary.rows.push(row.clone());
+            if !carried.contains(&px) {
+                carried.push(px);
+            }
+        }
+    }
+    summary.rows.sort_by_key(|row| size_of_row(row));
+    for table in previous.tables.iter().skip(1) {
+        if size_of_call_table(table).is_some_and(|px| carried.contains(&px)) {
+            let mut table = table.clone();
+            table.note(format!(
+                "Measured in an earlier run ({}), carried over.",
+                previous.environment
+            ));
+            calls.push(table);
+        }
+    }
+    calls.sort_by_key(size_of_call_table);
+    for px in carried {
+        summary.note(format!(
+            "{px}x{px} rows: from an earlier run ({}), carried over.",
+            previous.environment
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_always_include_vanilla_in_table_order() {
+        assert_eq!(parse_variants(None).unwrap(), Variant::ALL.to_vec());
+        assert_eq!(
+            parse_variants(Some("both,rau-net")).unwrap(),
+            vec![Variant::Vanilla, Variant::RauNet, Variant::Both]
+        );
+        let err = parse_variants(Some("both,fast")).unwrap_err().to_string();
+        assert!(err.contains("\"fast\""), "{err}");
+    }
+
+    #[test]
+    fn sizes_must_be_multiples_of_64() {
+        assert_eq!(parse_sizes("1024, 2048").unwrap(), vec![1024, 2048]);
+        assert!(
+            parse_sizes("1000")
+                .unwrap_err()
+                .to_string()
+                .contains("1000")
+        );
+        assert!(parse_sizes("big").unwrap_err().to_string().contains("big"));
+    }
+
+    fn summary() -> Table {
+        Table::new(
+            "summary",
+            &[
+                "size",
+                "variant",
+                "projected s",
+                "time vs vanilla",
+                "GMACs / run",
+                "MACs vs vanilla",
+                "paper",
+            ],
+        )
+    }
+
+    fn calls_at(px: usize) -> Table {
+        Table::new(
+            format!("SD 1.5 UNet, one call at {px}x{px} (latent), batch 1, flex"),
+            &["variant"],
+        )
+    }
+
+    #[test]
+    fn sizes_not_measured_now_are_carried_over_in_size_order() {
+        let mut old_summary = summary();
+        for px in [1024, 2048] {
+            old_summary.row([
+                format!("{px}x{px}"),
+                "vanilla".into(),
+                "1".into(),
+                "+0%".into(),
+                "1".into(),
+                "+0%".into(),
+                "-".into(),
+            ]);
+        }
+        let previous = Report {
+            name: "bench-hidiffusion".into(),
+            command: "cargo xtask bench hidiffusion".into(),
+            environment: "2 CPUs, linux/x86_64, 2026-12-01".into(),
+            tables: vec![old_summary, calls_at(1024), calls_at(2048)],
+        };
+        let mut now = summary();
+        now.row(["2048x2048", "vanilla", "2", "+0%", "2", "+0%", "-"]);
+        let mut tables = vec![calls_at(2048)];
+        carry_over(&previous, &[2048], &mut now, &mut tables);
+        let sizes: Vec<_> = now
+            .rows
+            .iter()
+            .map(|r| (r[0].clone(), r[2].clone()))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                ("1024x1024".into(), "1".into()),
+                ("2048x2048".into(), "2".into())
+            ]
+        );
+        assert_eq!(
+            tables.iter().map(size_of_call_table).collect::<Vec<_>>(),
+            vec![Some(1024), Some(2048)]
+        );
+        assert!(tables[0].notes[0].contains("2026-12-01"));
+        assert!(now.notes[0].contains("1024x1024 rows"));
+    }
 }
