@@ -275,19 +275,32 @@ pub fn load_adapter(
             dropout: DropoutConfig::new(config.lora_dropout).init(),
         });
     }
-    if details.is_empty() && used != file.len() {
+    check_adapter_file(dir, details, used, file.len(), "the configured targets")?;
+    Ok((model, config))
+}
+
+/// The end of loading an adapter file: `Mismatch` listing `details` (missing or
+/// mis-shaped tensors); when those are fine but the file holds tensors no slot took
+/// (`used` of `in_file` belong to `owner`), says so rather than ignoring them.
+pub(crate) fn check_adapter_file(
+    dir: &Path,
+    mut details: Vec<String>,
+    used: usize,
+    in_file: usize,
+    owner: &str,
+) -> Result<(), ModelError> {
+    if details.is_empty() && used != in_file {
         details.push(format!(
-            "  the file holds {} tensors, of which {used} belong to the configured targets",
-            file.len()
+            "  the file holds {in_file} tensors, of which {used} belong to {owner}"
         ));
     }
-    if !details.is_empty() {
-        return Err(ModelError::Mismatch {
-            dir: dir.to_path_buf(),
-            details: details.join("\n"),
-        });
+    if details.is_empty() {
+        return Ok(());
     }
-    Ok((model, config))
+    Err(ModelError::Mismatch {
+        dir: dir.to_path_buf(),
+        details: details.join("\n"),
+    })
 }
 
 /// Writes the adapters of `model` as a PEFT folder (atomically per file).

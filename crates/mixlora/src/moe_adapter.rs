@@ -24,6 +24,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::adapters::check_adapter_file;
 use crate::model::{Adapter, Decoder, Projection};
 use crate::moe::{Expert, LoraMoe, MixLora, Routing};
 use crate::weights::{ModelError, f32_values, write_atomic, write_f32_safetensors};
@@ -571,18 +572,7 @@ pub fn load_mixlora(
             }
         }
     });
-    if details.is_empty() && used != file.len() {
-        details.push(format!(
-            "  the file holds {} tensors, of which {used} belong to the configured adapter",
-            file.len()
-        ));
-    }
-    if !details.is_empty() {
-        return Err(ModelError::Mismatch {
-            dir: dir.to_path_buf(),
-            details: details.join("\n"),
-        });
-    }
+    check_adapter_file(dir, details, used, file.len(), "the configured adapter")?;
     if !reset_magnitudes.is_empty() {
         reset_dora_magnitudes(&mut model, device);
     }

@@ -124,7 +124,7 @@ fn parse_sizes(list: &str) -> Result<Vec<usize>> {
                 .parse()
                 .with_context(|| format!("--sizes: {x:?} is not a pixel count"))?;
             ensure!(
-                px >= 64 && px % 64 == 0,
+                px >= 64 && px.is_multiple_of(64),
                 "--sizes: {px} is not a positive multiple of 64"
             );
             Ok(px)

@@ -241,6 +241,7 @@ fn fresh_adapters_leave_the_output_unchanged_and_bad_folders_are_named() {
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
             .unwrap();
+    let rank = config["r"].clone();
     config["r"] = 8.into();
     std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
     std::fs::copy(
@@ -248,11 +249,23 @@ fn fresh_adapters_leave_the_output_unchanged_and_bad_folders_are_named() {
         dir.path().join("adapter_model.safetensors"),
     )
     .unwrap();
-    let err = mixlora::load_adapter(base, dir.path(), &device)
+    let err = mixlora::load_adapter(base.clone(), dir.path(), &device)
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+        "{err}"
+    );
+    // A file with adapters of modules the config does not target is refused, not
+    // half-loaded.
+    config["r"] = rank;
+    config["target_modules"] = serde_json::json!(["q_proj"]);
+    std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+    let err = mixlora::load_adapter(base, dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("of which") && err.contains("belong to the configured targets"),
         "{err}"
     );
 }
