@@ -81,6 +81,17 @@ impl Variant {
     }
 }
 
+/// Columns of the summary table; `carry_over` merges earlier rows only into this layout.
+const SUMMARY_COLUMNS: [&str; 7] = [
+    "size",
+    "variant",
+    "projected s",
+    "time vs vanilla",
+    "GMACs / run",
+    "MACs vs vanilla",
+    "paper",
+];
+
 /// The value following `flag` in `args`, if the flag is present.
 fn flag_value<'a>(args: &'a [String], flag: &str) -> Result<Option<&'a str>> {
     match args.iter().position(|a| a == flag) {
@@ -217,15 +228,7 @@ pub fn run(args: &[String]) -> Result<Report> {
         format!(
             "Projected {STEPS}-step run (batch 1), SD 1.5 architecture: time and GMACs vs vanilla"
         ),
-        &[
-            "size",
-            "variant",
-            "projected s",
-            "time vs vanilla",
-            "GMACs / run",
-            "MACs vs vanilla",
-            "paper",
-        ],
+        &SUMMARY_COLUMNS,
     );
     for &px in &sizes {
         let latent = [px / 8, px / 8];
@@ -419,18 +422,7 @@ mod tests {
     }
 
     fn summary() -> Table {
-        Table::new(
-            "summary",
-            &[
-                "size",
-                "variant",
-                "projected s",
-                "time vs vanilla",
-                "GMACs / run",
-                "MACs vs vanilla",
-                "paper",
-            ],
-        )
+        Table::new("summary", &SUMMARY_COLUMNS)
     }
 
     fn calls_at(px: usize) -> Table {
