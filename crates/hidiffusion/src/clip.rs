@@ -74,11 +74,19 @@ impl ClipTextModel {
     pub fn load(config: &ClipTextConfig, w: &mut Weights) -> Self {
         let d = config.hidden_size;
         let eps = config.layer_norm_eps;
-        let p = "text_model";
-        w.skip(&format!("{p}.embeddings.position_ids"));
+        // transformers 4 names the encoder's tensors `text_model.*`; transformers 5
+        // saves CLIPTextModel(WithProjection) without that prefix. Both are read.
+        let p = if !w.contains("text_model.embeddings.token_embedding.weight")
+            && w.contains("embeddings.token_embedding.weight")
+        {
+            ""
+        } else {
+            "text_model."
+        };
+        w.skip(&format!("{p}embeddings.position_ids"));
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                let l = format!("{p}.encoder.layers.{i}");
+                let l = format!("{p}encoder.layers.{i}");
                 ClipLayer {
                     layer_norm1: layer_norm(w, &format!("{l}.layer_norm1"), d, eps),
                     q_proj: linear(w, &format!("{l}.self_attn.q_proj"), d, d, true),
@@ -115,18 +123,18 @@ impl ClipTextModel {
         ClipTextModel {
             token_embedding: Embedding {
                 weight: Param::from_tensor(w.tensor(
-                    &format!("{p}.embeddings.token_embedding.weight"),
+                    &format!("{p}embeddings.token_embedding.weight"),
                     [config.vocab_size, d],
                     Init::Normal(0.02),
                 )),
             },
             position_embedding: Param::from_tensor(w.tensor(
-                &format!("{p}.embeddings.position_embedding.weight"),
+                &format!("{p}embeddings.position_embedding.weight"),
                 [config.max_position_embeddings, d],
                 Init::Normal(0.01),
             )),
             layers,
-            final_layer_norm: layer_norm(w, &format!("{p}.final_layer_norm"), d, eps),
+            final_layer_norm: layer_norm(w, &format!("{p}final_layer_norm"), d, eps),
             text_projection,
             heads: config.num_attention_heads,
             quick_gelu: config.hidden_act == "quick_gelu",

@@ -255,13 +255,13 @@ impl UNetConfig {
         }
         match self.addition_embed_type.as_deref() {
             None => {}
-            Some("text_time") => {
+            Some("text_time")
                 if self.addition_time_embed_dim.is_none()
-                    || self.projection_class_embeddings_input_dim.is_none()
-                {
-                    return Err("addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim".into());
-                }
+                    || self.projection_class_embeddings_input_dim.is_none() =>
+            {
+                return Err("addition_embed_type text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim".into());
             }
+            Some("text_time") => {}
             Some(other) => return unsupported("addition_embed_type", other),
         }
         // Options that change the architecture in ways this crate does not build: any
@@ -400,6 +400,12 @@ pub struct VaeConfig {
 }
 
 impl VaeConfig {
+    /// How many pixels one latent covers per side: `2 ** (len(block_out_channels) - 1)`,
+    /// as diffusers' pipelines derive `vae_scale_factor` (8 for Stable Diffusion).
+    pub fn scale_factor(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
     /// Reads and checks `path`.
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
         let config: VaeConfig = read_json(path)?;
@@ -507,7 +513,11 @@ impl ClipTextConfig {
                 config.hidden_act
             )));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(bad(
                 "hidden_size does not split into num_attention_heads".into()
             ));

@@ -10,10 +10,11 @@
 //!
 //! ```no_run
 //! use burn::tensor::Device;
-//! use hidiffusion::pipeline::{LoadOptions, Request, StableDiffusion, to_rgb8};
+//! use hidiffusion::pipeline::{LoadOptions, StableDiffusion, to_rgb8};
 //! let device = Device::flex();
 //! let sd = StableDiffusion::from_diffusers_dir("stable-diffusion-v1-5".as_ref(), &device, LoadOptions::default())?;
-//! let mut request = Request::new("a photo of an astronaut riding a horse", sd.kind);
+//! // At the model's native size (512 px for SD 1.5, 1024 px for SDXL), 50 DDIM steps.
+//! let mut request = sd.request("a photo of an astronaut riding a horse");
 //! request.seed = 1;
 //! let latents = sd.sample(&request, &mut hidiffusion::unet::NoHooks, &mut |_| {}).unwrap();
 //! to_rgb8(sd.decode(latents)).save("astronaut.png").unwrap();

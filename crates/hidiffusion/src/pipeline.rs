@@ -58,9 +58,9 @@ pub struct Request {
     pub prompt: String,
     /// Negative prompt (`None`: empty, or zeros for SDXL's `force_zeros_for_empty_prompt`).
     pub negative_prompt: Option<String>,
-    /// Image width in pixels (a multiple of 8).
+    /// Image width in pixels (a multiple of 8 and of the VAE's scale factor).
     pub width: usize,
-    /// Image height in pixels (a multiple of 8).
+    /// Image height in pixels (a multiple of 8 and of the VAE's scale factor).
     pub height: usize,
     /// Sampling steps.
     pub steps: usize,
@@ -70,8 +70,9 @@ pub struct Request {
     pub eta: f64,
     /// Seed of the initial latents and of any sampler noise.
     pub seed: u64,
-    /// Initial latents `[1, 4, H/8, W/8]` instead of seeded noise (scaled by the
-    /// sampler's initial sigma, as diffusers does with given latents).
+    /// Initial latents `[1, C, H/f, W/f]` (C latent channels, f the VAE's scale factor)
+    /// instead of seeded noise (scaled by the sampler's initial sigma, as diffusers does
+    /// with given latents).
     pub init_latents: Option<Tensor<4>>,
     /// Sampler (`None`: the folder's scheduler class).
     pub sampler: Option<SamplerKind>,
@@ -81,7 +82,8 @@ pub struct Request {
 
 impl Request {
     /// A request with diffusers' defaults for `kind`: 50 DDIM steps at guidance 7.5
-    /// (SDXL-turbo: 4 steps, no guidance).
+    /// (SDXL-turbo: 4 steps, no guidance), at 512x512 px. A loaded pipeline's
+    /// [`StableDiffusion::request`] starts at the model's native size instead.
     pub fn new(prompt: &str, kind: ModelKind) -> Self {
         let turbo = kind == ModelKind::SdxlTurbo;
         Request {
@@ -132,6 +134,10 @@ pub struct StableDiffusion {
     pub scheduler: SchedulerConfig,
     /// SDXL: a missing negative prompt conditions on zeros.
     pub force_zeros_for_empty_prompt: bool,
+    /// Pixels per latent per side (`2 ** (len(vae.block_out_channels) - 1)`).
+    pub vae_scale_factor: usize,
+    /// Channels of the latents (the VAE's `latent_channels`, the UNet's input).
+    pub latent_channels: usize,
     /// The folder it came from.
     pub dir: PathBuf,
     device: Device,
@@ -199,6 +205,17 @@ impl StableDiffusion {
         let vae_config = VaeConfig::from_file(&dir.join("vae/config.json"))?;
         let te_config = ClipTextConfig::from_file(&dir.join("text_encoder/config.json"))?;
         let scheduler = SchedulerConfig::from_file(&dir.join("scheduler/scheduler_config.json"))?;
+        if unet_config.in_channels != vae_config.latent_channels
+            || unet_config.out_channels != vae_config.latent_channels
+        {
+            return Err(LoadError::Config {
+                path: dir.join("unet/config.json"),
+                message: format!(
+                    "in_channels {} / out_channels {} do not match the VAE's latent_channels {}",
+                    unet_config.in_channels, unet_config.out_channels, vae_config.latent_channels
+                ),
+            });
+        }
         let fp16 = options.prefer_fp16;
         let unet = load_component(dir, "unet", "diffusion_pytorch_model", fp16, device, |w| {
             UNet::load(&unet_config, w)
@@ -241,6 +258,8 @@ impl StableDiffusion {
             tokenizers,
             scheduler,
             force_zeros_for_empty_prompt,
+            vae_scale_factor: vae_config.scale_factor(),
+            latent_channels: vae_config.latent_channels,
             dir: dir.to_path_buf(),
             device: device.clone(),
         })
@@ -249,6 +268,37 @@ impl StableDiffusion {
     /// The device the models live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The image size diffusers' pipelines default to for this model:
+    /// `unet.sample_size * vae_scale_factor` per side (512 px for SD 1.5, 1024 for SDXL);
+    /// `None` when the UNet config has no `sample_size`.
+    pub fn native_size(&self) -> Option<usize> {
+        self.unet_config
+            .sample_size
+            .map(|s| s * self.vae_scale_factor)
+    }
+
+    /// [`Request::new`] for this model, at its [`native_size`](Self::native_size)
+    /// (512 px when the config does not give one).
+    pub fn request(&self, prompt: &str) -> Request {
+        let size = self.native_size().unwrap_or(512);
+        Request {
+            width: size,
+            height: size,
+            ..Request::new(prompt, self.kind)
+        }
+    }
+
+    /// The shape of the latents of a `width` x `height` image, `[1, C, H/f, W/f]`.
+    pub fn latent_shape(&self, request: &Request) -> [usize; 4] {
+        let f = self.vae_scale_factor;
+        [
+            1,
+            self.latent_channels,
+            request.height / f,
+            request.width / f,
+        ]
     }
 
     /// Token ids of `prompt` for each tokenizer.
@@ -332,9 +382,10 @@ impl StableDiffusion {
         Ok(PromptEmbeddings { context, added })
     }
 
-    /// Seeded standard-normal latents `[1, 4, height/8, width/8]` (ChaCha8 stream).
+    /// Seeded standard-normal latents of [`latent_shape`](Self::latent_shape) (ChaCha8
+    /// stream).
     pub fn seeded_latents(&self, request: &Request) -> Tensor<4> {
-        let shape = [1, 4, request.height / 8, request.width / 8];
+        let shape = self.latent_shape(request);
         let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
         Tensor::from_data(
             TensorData::new(normal(&mut rng, shape.iter().product()), shape),
@@ -342,7 +393,8 @@ impl StableDiffusion {
         )
     }
 
-    /// Runs the sampler for `request` and returns the final latents `[1, 4, h, w]`.
+    /// Runs the sampler for `request` and returns the final latents
+    /// ([`latent_shape`](Self::latent_shape)).
     /// Sampler noise (DDIM with eta > 0, Euler ancestral) is drawn from the request's
     /// seed on a stream of its own, so it does not depend on whether the initial latents
     /// were given.
@@ -372,13 +424,16 @@ impl StableDiffusion {
         noise: &mut dyn FnMut(usize, [usize; 4]) -> Tensor<4>,
         on_step: &mut dyn FnMut(StepInfo),
     ) -> Result<Tensor<4>, String> {
-        if request.width % 8 != 0
-            || request.height % 8 != 0
+        // diffusers requires multiples of 8; a VAE that downsamples more needs multiples
+        // of its own factor too, or the latents would silently crop the image.
+        let multiple = self.vae_scale_factor.max(8);
+        if !request.width.is_multiple_of(multiple)
+            || !request.height.is_multiple_of(multiple)
             || request.width == 0
             || request.height == 0
         {
             return Err(format!(
-                "width and height must be positive multiples of 8, got {}x{}",
+                "width and height must be positive multiples of {multiple}, got {}x{}",
                 request.width, request.height
             ));
         }
@@ -387,7 +442,7 @@ impl StableDiffusion {
         let embeddings = self.encode_prompt(request).map_err(|e| e.to_string())?;
         let latents = match &request.init_latents {
             Some(l) => {
-                let want = [1, 4, request.height / 8, request.width / 8];
+                let want = self.latent_shape(request);
                 if l.dims() != want {
                     return Err(format!(
                         "initial latents have shape {:?}, expected {want:?}",

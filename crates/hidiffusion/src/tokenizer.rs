@@ -47,10 +47,16 @@ impl std::fmt::Debug for ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Reads a diffusers `tokenizer/` folder: `vocab.json`, `merges.txt` and the pad
-    /// token of `special_tokens_map.json` or `tokenizer_config.json` (default
-    /// `<|endoftext|>`).
+    /// Reads a diffusers `tokenizer/` folder: `tokenizer.json` when present (what
+    /// transformers 5 writes, without `vocab.json` / `merges.txt`), otherwise
+    /// `vocab.json` and `merges.txt`; the pad token comes from `special_tokens_map.json`
+    /// or `tokenizer_config.json` (default `<|endoftext|>`).
     pub fn from_dir(dir: &Path) -> Result<Self, LoadError> {
+        let pad = pad_token(dir)?;
+        let json_path = dir.join("tokenizer.json");
+        if json_path.is_file() {
+            return Self::from_tokenizer_json(&json_path, &pad);
+        }
         let vocab_path = dir.join("vocab.json");
         let merges_path = dir.join("merges.txt");
         let vocab_text = std::fs::read_to_string(&vocab_path).map_err(io_error(&vocab_path))?;
@@ -66,30 +72,42 @@ impl ClipTokenizer {
             .filter(|(_, line)| !line.starts_with("#version") && !line.trim().is_empty())
             .map(|(i, line)| parse_merge(line, i + 1, &merges_path))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut pad = END_OF_TEXT.to_string();
-        for file in ["special_tokens_map.json", "tokenizer_config.json"] {
-            let path = dir.join(file);
-            if let Ok(text) = std::fs::read_to_string(&path) {
-                let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| LoadError::Config {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                let token = match value.get("pad_token") {
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(serde_json::Value::Object(o)) => o
-                        .get("content")
-                        .and_then(|c| c.as_str())
-                        .map(str::to_string),
-                    _ => None,
-                };
-                if let Some(token) = token {
-                    pad = token;
-                    break;
-                }
-            }
-        }
         Self::build(vocab, merges, &pad, &vocab_path)
+    }
+
+    /// A `tokenizer.json` as the `tokenizers` library (and transformers' fast CLIP
+    /// tokenizer) writes it, with its own normalizer, pre-tokenizer and added tokens.
+    /// Padding and truncation settings stored in the file are dropped: prompts are
+    /// framed and padded to 77 ids by [`encode`](Self::encode), as the pipelines do.
+    pub fn from_tokenizer_json(path: &Path, pad_token: &str) -> Result<Self, LoadError> {
+        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| LoadError::Config {
+            path: path.to_path_buf(),
+            message: format!("not a tokenizer.json: {e}"),
+        })?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| LoadError::Config {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let id = |token: &str| {
+            tokenizer
+                .token_to_id(token)
+                .map(i64::from)
+                .ok_or_else(|| LoadError::Config {
+                    path: path.to_path_buf(),
+                    message: format!("the vocabulary has no {token:?}"),
+                })
+        };
+        let (start, end, pad) = (id(START_OF_TEXT)?, id(END_OF_TEXT)?, id(pad_token)?);
+        Ok(ClipTokenizer {
+            tokenizer,
+            start,
+            end,
+            pad,
+            source: path.to_path_buf(),
+        })
     }
 
     /// Builds the tokenizer from OpenAI's `bpe_simple_vocab_16e6.txt` (the merges list
@@ -235,14 +253,61 @@ impl ClipTokenizer {
     }
 }
 
+/// The pad token of a tokenizer folder: `pad_token` of `special_tokens_map.json`, else
+/// of `tokenizer_config.json` (a string or an `AddedToken` object), else
+/// `<|endoftext|>`.
+fn pad_token(dir: &Path) -> Result<String, LoadError> {
+    for file in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let path = dir.join(file);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error(&path)(e)),
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LoadError::Config {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let token = match value.get("pad_token") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Object(o)) => o
+                .get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string),
+            _ => None,
+        };
+        if let Some(token) = token {
+            return Ok(token);
+        }
+    }
+    Ok(END_OF_TEXT.to_string())
+}
+
+/// Tokens with their ids.
+pub type Vocabulary = Vec<(String, u32)>;
+/// BPE merge rules, in priority order.
+pub type Merges = Vec<(String, String)>;
+
 /// The vocabulary and merges CLIP derives from `bpe_simple_vocab_16e6.txt`: merges are
 /// lines 1 ..= 48894 (line 0 is a header); the vocabulary is the 256 byte symbols, the
 /// same with `</w>`, one token per merge, then `<|startoftext|>` and `<|endoftext|>`
-/// (49408 in all).
-pub fn openai_vocabulary(
-    path: &Path,
-) -> Result<(Vec<(String, u32)>, Vec<(String, String)>), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+/// (49408 in all). A path ending in `.gz` is read through gzip, as CLIP's own package
+/// ships the file (`bpe_simple_vocab_16e6.txt.gz`).
+pub fn openai_vocabulary(path: &Path) -> Result<(Vocabulary, Merges), LoadError> {
+    let text = if path.extension().is_some_and(|e| e == "gz") {
+        let file = std::fs::File::open(path).map_err(io_error(path))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(file), &mut text).map_err(
+            |e| LoadError::Config {
+                path: path.to_path_buf(),
+                message: format!("not a gzip-compressed UTF-8 text: {e}"),
+            },
+        )?;
+        text
+    } else {
+        std::fs::read_to_string(path).map_err(io_error(path))?
+    };
     let lines: Vec<&str> = text.split('\n').collect();
     let wanted = 49152 - 256 - 2;
     if lines.len() < wanted + 1 {

@@ -78,12 +78,15 @@ pub(crate) enum Init {
     Zeros,
 }
 
+/// A tensor's dtype, shape and byte range in the file's data section.
+type TensorEntry = (Dtype, Vec<usize>, (usize, usize));
+
 enum Source {
     File {
         path: PathBuf,
         map: Mmap,
         header: usize,
-        tensors: BTreeMap<String, (Dtype, Vec<usize>, (usize, usize))>,
+        tensors: BTreeMap<String, TensorEntry>,
     },
     Random,
 }

@@ -62,6 +62,45 @@ pub struct AdapterConfig {
     /// Where the base model is (informational).
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
+    /// Every other field of the file, kept so that a saved config round-trips; those
+    /// that would change the computation ([`MATH_FIELDS`], `init_lora_weights`) are
+    /// refused when set.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// PEFT `LoraConfig` fields that change what the adapter computes (which layers or
+/// weights it touches, their orientation, extra trained modules or tokens, variants of
+/// LoRA) and that this crate does not implement: any of them set (not null, false or
+/// empty) is refused by name.
+pub const MATH_FIELDS: [&str; 16] = [
+    "fan_in_fan_out",
+    "layers_to_transform",
+    "layers_pattern",
+    "layer_replication",
+    "lora_bias",
+    "modules_to_save",
+    "exclude_modules",
+    "target_parameters",
+    "trainable_token_indices",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "use_bdlora",
+    "arrow_config",
+    "velora_config",
+    "kasa_config",
+    "monteclora_config",
+];
+
+/// Whether a config value turns its option on.
+fn is_set(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::Object(o) => !o.is_empty(),
+        serde_json::Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
 }
 
 fn lora() -> String {
@@ -87,6 +126,7 @@ impl AdapterConfig {
             alpha_pattern: BTreeMap::new(),
             bias: none(),
             base_model_name_or_path: None,
+            other: BTreeMap::new(),
         }
     }
 
@@ -107,7 +147,11 @@ impl AdapterConfig {
             })
         };
         if self.peft_type != "LORA" {
-            return bad(format!("peft_type {:?} is not LORA", self.peft_type));
+            return bad(format!(
+                "peft_type {:?} is not LORA (MixLoRA and LoRAMoE folders load with \
+                 finetune::AdapterSpec::load)",
+                self.peft_type
+            ));
         }
         if self.r == 0 {
             return bad("r must be positive".into());
@@ -133,6 +177,25 @@ impl AdapterConfig {
             .find(|t| !TARGETS.contains(&t.as_str()))
         {
             return bad(format!("target module {t:?} is not one of {TARGETS:?}"));
+        }
+        if let Some((field, value)) = self
+            .other
+            .iter()
+            .find(|(k, v)| MATH_FIELDS.contains(&k.as_str()) && is_set(v))
+        {
+            return bad(format!("{field} = {value} is not implemented"));
+        }
+        // PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA initialisations also rewrite the base
+        // weights the adapter was trained against; Gaussian / Kaiming ones do not.
+        match self.other.get("init_lora_weights") {
+            None | Some(serde_json::Value::Bool(_)) => {}
+            Some(serde_json::Value::String(s)) if s == "gaussian" => {}
+            Some(other) => {
+                return bad(format!(
+                    "init_lora_weights = {other} is not implemented (it changes the base \
+                     weights the adapter applies to)"
+                ));
+            }
         }
         Ok(())
     }

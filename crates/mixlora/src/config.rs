@@ -46,11 +46,16 @@ fn default_max_positions() -> usize {
     2048
 }
 
-/// The fields of `config.json` the decoder uses; unknown fields are ignored.
+/// The fields of `config.json` the decoder uses. Fields that change the computation
+/// are either implemented or refused by name when deserializing (`model_type`,
+/// `hidden_act`, `mlp_bias`, RoPE variants and their fields, sliding windows,
+/// `partial_rotary_factor`, `quantization_config`); fields that do not (dropout, dtype,
+/// cache settings, ...) are ignored. Both layouts of the RoPE settings are read: top-level `rope_theta` and
+/// `rope_scaling` (transformers 4), and `rope_parameters` (transformers 5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawDecoderConfig")]
 pub struct DecoderConfig {
-    /// `llama`, `mistral`, `qwen2`, ...
-    #[serde(default = "default_model_type")]
+    /// `llama`, `mistral` or `qwen2`.
     pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -63,39 +68,281 @@ pub struct DecoderConfig {
     /// Query heads.
     pub num_attention_heads: usize,
     /// Key/value heads (grouped-query attention; default: one per query head).
-    #[serde(default)]
     pub num_key_value_heads: Option<usize>,
     /// Head width (default `hidden_size / num_attention_heads`).
-    #[serde(default)]
     pub head_dim: Option<usize>,
     /// RMSNorm epsilon.
-    #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
     /// RoPE base.
-    #[serde(default = "default_theta")]
     pub rope_theta: f64,
     /// RoPE scaling.
-    #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
     /// The output head shares the embedding matrix.
-    #[serde(default)]
     pub tie_word_embeddings: bool,
     /// Biases on the q/k/v/o projections (LLaMA's `attention_bias`; Qwen2 always has
     /// q/k/v biases and no o bias).
-    #[serde(default)]
     pub attention_bias: bool,
+    /// Every layer attends to at most this many most recent positions (Mistral's
+    /// `sliding_window`); `None`: full causal attention.
+    pub sliding_window: Option<usize>,
     /// Longest context.
-    #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
     /// Beginning-of-sequence token (a number or a list in the wild).
-    #[serde(default)]
     pub bos_token_id: Option<serde_json::Value>,
     /// End-of-sequence token(s).
-    #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
     /// Padding token, when the config names one.
-    #[serde(default)]
     pub pad_token_id: Option<i64>,
+}
+
+/// The model families whose math this crate implements.
+pub const MODEL_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
+
+/// RoPE variants this crate implements.
+const ROPE_TYPES: [&str; 3] = ["default", "linear", "llama3"];
+
+/// `config.json` as written, before the two RoPE layouts are merged and the fields
+/// that change the math are checked.
+#[derive(Deserialize)]
+struct RawDecoderConfig {
+    #[serde(default = "default_model_type")]
+    model_type: String,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default)]
+    mlp_bias: bool,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    quantization_config: Option<serde_json::Value>,
+    #[serde(default = "default_max_positions")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    bos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    eos_token_id: Option<serde_json::Value>,
+    #[serde(default)]
+    pad_token_id: Option<i64>,
+}
+
+/// The RoPE base and scaling of either layout. transformers 5's `rope_parameters` holds
+/// `rope_type`, `rope_theta` and the scaling fields in one object; transformers 4 keeps
+/// `rope_theta` at the top level and the scaling in `rope_scaling`.
+fn rope_settings(raw: &RawDecoderConfig) -> Result<(f64, Option<RopeScaling>), String> {
+    let scaling_from = |value: &serde_json::Value, field: &str| -> Result<RopeScaling, String> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| format!("{field} must be an object, got {value}"))?;
+        let known = [
+            "rope_type",
+            "type",
+            "rope_theta",
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ];
+        if let Some(key) = object.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(format!(
+                "{field}.{key} is not implemented (this crate reads {})",
+                known.join(", ")
+            ));
+        }
+        // Some files carry both spellings of the type; they must agree.
+        let mut object = object.clone();
+        if let (Some(a), Some(b)) = (object.get("rope_type"), object.get("type")) {
+            if a != b {
+                return Err(format!("{field}: rope_type {a} and type {b} disagree"));
+            }
+            object.remove("type");
+        }
+        let scaling: RopeScaling = serde_json::from_value(serde_json::Value::Object(object))
+            .map_err(|e| format!("{field}: {e}"))?;
+        if !ROPE_TYPES.contains(&scaling.rope_type.as_str()) {
+            return Err(format!(
+                "{field}: rope_type {:?} is not implemented (implemented: {})",
+                scaling.rope_type,
+                ROPE_TYPES.join(", ")
+            ));
+        }
+        Ok(scaling)
+    };
+    match &raw.rope_parameters {
+        Some(params) => {
+            if raw.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err("both rope_parameters and rope_scaling are given".into());
+            }
+            // Models with several attention kinds key one object per layer type.
+            if params
+                .as_object()
+                .is_some_and(|o| o.values().any(serde_json::Value::is_object))
+            {
+                return Err(format!(
+                    "rope_parameters per layer type ({}) are not implemented",
+                    params.as_object().map_or(String::new(), |o| o
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                ));
+            }
+            let scaling = scaling_from(params, "rope_parameters")?;
+            let theta = params
+                .get("rope_theta")
+                .and_then(serde_json::Value::as_f64)
+                .or(raw.rope_theta)
+                .unwrap_or_else(default_theta);
+            if let Some(top) = raw.rope_theta
+                && top != theta
+            {
+                return Err(format!(
+                    "rope_theta {top} disagrees with rope_parameters.rope_theta {theta}"
+                ));
+            }
+            let scaling = (scaling.rope_type != "default").then_some(scaling);
+            Ok((theta, scaling))
+        }
+        None => {
+            let scaling = match &raw.rope_scaling {
+                None | Some(serde_json::Value::Null) => None,
+                Some(value) => Some(scaling_from(value, "rope_scaling")?),
+            };
+            Ok((raw.rope_theta.unwrap_or_else(default_theta), scaling))
+        }
+    }
+}
+
+/// The window every layer uses, from Mistral's `sliding_window`, Qwen2's
+/// `use_sliding_window` or transformers 5's `layer_types`; windows that differ between
+/// layers are refused.
+fn attention_window(raw: &RawDecoderConfig) -> Result<Option<usize>, String> {
+    if let Some(types) = &raw.layer_types {
+        if let Some(other) = types
+            .iter()
+            .find(|t| !matches!(t.as_str(), "full_attention" | "sliding_attention"))
+        {
+            return Err(format!("layer_types entry {other:?} is not implemented"));
+        }
+        let sliding = types.iter().filter(|t| *t == "sliding_attention").count();
+        if sliding == 0 {
+            return Ok(None);
+        }
+        if sliding != types.len() {
+            return Err(format!(
+                "layer_types mixes {sliding} sliding-window and {} full-attention layers; \
+                 per-layer windows are not implemented",
+                types.len() - sliding
+            ));
+        }
+        return raw.sliding_window.map(Some).ok_or_else(|| {
+            "layer_types has sliding_attention layers but no sliding_window".into()
+        });
+    }
+    match raw.model_type.as_str() {
+        "mistral" => Ok(raw.sliding_window),
+        // Qwen2 carries a window that is off unless `use_sliding_window` is set, and then
+        // applies from layer `max_window_layers` on only.
+        "qwen2" if raw.use_sliding_window == Some(true) => Err(
+            "use_sliding_window true (per-layer windows from max_window_layers) is not implemented"
+                .into(),
+        ),
+        "qwen2" => Ok(None),
+        _ => match raw.sliding_window {
+            None => Ok(None),
+            Some(w) => Err(format!(
+                "sliding_window {w} on model_type {:?} is not implemented",
+                raw.model_type
+            )),
+        },
+    }
+}
+
+impl TryFrom<RawDecoderConfig> for DecoderConfig {
+    type Error = String;
+
+    fn try_from(raw: RawDecoderConfig) -> Result<Self, String> {
+        if !MODEL_TYPES.contains(&raw.model_type.as_str()) {
+            return Err(format!(
+                "model_type {:?} is not implemented (implemented: {})",
+                raw.model_type,
+                MODEL_TYPES.join(", ")
+            ));
+        }
+        if let Some(act) = &raw.hidden_act
+            && !matches!(act.as_str(), "silu" | "swish")
+        {
+            return Err(format!(
+                "hidden_act {act:?} is not implemented (the gated MLP uses silu)"
+            ));
+        }
+        if raw.mlp_bias {
+            return Err("mlp_bias true (biases on the MLP projections) is not implemented".into());
+        }
+        if let Some(f) = raw.partial_rotary_factor
+            && f != 1.0
+        {
+            return Err(format!(
+                "partial_rotary_factor {f} (RoPE on part of each head) is not implemented"
+            ));
+        }
+        if let Some(q) = &raw.quantization_config {
+            return Err(format!(
+                "quantization_config (quant_method {}) is not implemented: use an unquantised folder",
+                q.get("quant_method").unwrap_or(&serde_json::Value::Null)
+            ));
+        }
+        let (rope_theta, rope_scaling) = rope_settings(&raw)?;
+        let sliding_window = attention_window(&raw)?;
+        let config = DecoderConfig {
+            model_type: raw.model_type,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            num_key_value_heads: raw.num_key_value_heads,
+            head_dim: raw.head_dim,
+            rms_norm_eps: raw.rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            attention_bias: raw.attention_bias,
+            sliding_window,
+            max_position_embeddings: raw.max_position_embeddings,
+            bos_token_id: raw.bos_token_id,
+            eos_token_id: raw.eos_token_id,
+            pad_token_id: raw.pad_token_id,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// Reads a JSON file into `T`; errors name the file.
@@ -111,14 +358,9 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Model
 }
 
 impl DecoderConfig {
-    /// Reads and checks `config.json`.
+    /// Reads and checks `config.json` (errors name the file and the field).
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let config: DecoderConfig = read_json(path)?;
-        config.validate().map_err(|message| ModelError::Config {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(config)
+        read_json(path)
     }
 
     /// Checks the shapes agree and the RoPE scaling is one this crate implements.

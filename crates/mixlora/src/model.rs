@@ -422,6 +422,9 @@ pub struct Decoder {
     pub lm_head: Option<Linear>,
     /// RoPE inverse frequencies, `head_dim / 2`.
     pub inverse_frequencies: Vec<f32>,
+    /// Each query sees at most this many most recent positions (itself included), as
+    /// Mistral's sliding window; `None`: every earlier position.
+    pub sliding_window: Option<usize>,
 }
 
 impl Decoder {
@@ -524,6 +527,26 @@ impl Decoder {
                 .unsqueeze::<4>()
                 .expand([b, 1, l, start + l])
         });
+        // Keys at or beyond the window behind the query (key <= query - window) are
+        // hidden, as transformers' sliding-window causal mask.
+        if let Some(window) = self.sliding_window
+            && start + l > window
+        {
+            let queries = Tensor::<1, Int>::arange(start as i64..(start + l) as i64, &device)
+                .reshape([l, 1])
+                .expand([l, start + l]);
+            let keys = Tensor::<1, Int>::arange(0..(start + l) as i64, &device)
+                .reshape([1, start + l])
+                .expand([l, start + l]);
+            let outside = keys
+                .lower_equal(queries.sub_scalar(window as i64))
+                .unsqueeze::<4>()
+                .expand([b, 1, l, start + l]);
+            masked = Some(match masked {
+                Some(causal) => causal.bool_or(outside),
+                None => outside,
+            });
+        }
         if let Some(mask) = attention_mask {
             let padding = mask
                 .equal_elem(0)

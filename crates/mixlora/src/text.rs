@@ -28,8 +28,50 @@ fn token_text(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// The chat template of a tokenizer folder, from wherever the writing tool put it:
+/// `chat_template.jinja` (transformers 5 and current hub models), `chat_template.json`
+/// (`{"chat_template": ...}`, processors), or the `chat_template` field of
+/// `tokenizer_config.json` (transformers 4: a string, or a list of named templates of
+/// which "default" is used), in that order of precedence, as transformers reads them.
+pub fn chat_template(dir: &Path, config: &Value) -> Result<Option<String>, ModelError> {
+    let read = |path: PathBuf| -> Result<Option<String>, ModelError> {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ModelError::Io { path, source }),
+        }
+    };
+    let from_config = |value: &Value| match value.get("chat_template") {
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        _ => None,
+    };
+    let jinja_path = dir.join("chat_template.jinja");
+    if let Some(t) = read(jinja_path)? {
+        return Ok(Some(t));
+    }
+    let json_path = dir.join("chat_template.json");
+    if let Some(text) = read(json_path.clone())? {
+        let value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: json_path.clone(),
+            message: e.to_string(),
+        })?;
+        return from_config(&value)
+            .map(Some)
+            .ok_or_else(|| ModelError::Config {
+                path: json_path,
+                message: "has no chat_template string".into(),
+            });
+    }
+    Ok(from_config(config))
+}
+
 impl TextTokenizer {
-    /// Reads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
+    /// Reads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json` and the
+    /// chat template (see [`chat_template`]).
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
@@ -57,15 +99,7 @@ impl TextTokenizer {
                 });
             }
         };
-        // A single template, or a list of named ones of which "default" is used.
-        let chat_template = match config.get("chat_template") {
-            Some(Value::String(t)) => Some(t.clone()),
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
-            _ => None,
-        };
+        let chat_template = chat_template(dir, &config)?;
         Ok(TextTokenizer {
             tokenizer,
             chat_template,
@@ -107,10 +141,13 @@ impl TextTokenizer {
             path: self.config_path.clone(),
             message,
         };
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| bad("has no chat_template".into()))?;
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            bad(
+                "has no chat_template, and the folder has no chat_template.jinja or \
+                     chat_template.json"
+                    .into(),
+            )
+        })?;
         let mut env = minijinja::Environment::new();
         // Python string methods (`strip`, `startswith`, ...) that templates call.
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -252,6 +252,7 @@ pub fn decoder_from_tensors(
         norm: final_norm,
         lm_head,
         inverse_frequencies: config.inverse_frequencies(),
+        sliding_window: config.sliding_window,
     })
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Parser, Subcommand, ValueEnum};
+use hidiffusion::msw_msa::{CycledShifts, SeededShifts, ShiftSource};
 use hidiffusion::pipeline::{LoadOptions, Request, StableDiffusion, to_rgb8};
 use hidiffusion::scheduler::SamplerKind;
 use hidiffusion::unet::NoHooks;
@@ -54,12 +55,13 @@ struct GenerateArgs {
     /// Negative prompt.
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Width in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    width: usize,
-    /// Height in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    height: usize,
+    /// Width in pixels (multiple of 8; default: the model's native size, 512 for SD 1.5,
+    /// 1024 for SDXL, from unet sample_size x the VAE's scale factor).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Height in pixels (multiple of 8; default: the model's native size).
+    #[arg(long)]
+    height: Option<usize>,
     /// Sampling steps (default 50; 4 for SDXL-turbo).
     #[arg(long)]
     steps: Option<usize>,
@@ -75,7 +77,8 @@ struct GenerateArgs {
     /// Sampler (default: the folder's scheduler class; DDIM for any other).
     #[arg(long, value_enum)]
     sampler: Option<Sampler>,
-    /// Start from these latents (safetensors, key `latents`, `[1, 4, H/8, W/8]`).
+    /// Start from these latents (safetensors, key `latents`, `[1, C, H/f, W/f]`: the
+    /// VAE's latent channels and scale factor, 4 and 8 for Stable Diffusion).
     #[arg(long)]
     init_latents: Option<PathBuf>,
     /// Read `*.fp16.safetensors` weights where both variants exist.
@@ -96,6 +99,11 @@ struct GenerateArgs {
     /// HiDiffusion: the fraction of steps of the T2 mechanism (preset default).
     #[arg(long)]
     t2_ratio: Option<f64>,
+    /// HiDiffusion: shift every MSW-MSA window by N quarter windows (0..=3) instead of
+    /// drawing the shift per call from the seed; the official code draws it from
+    /// PyTorch's generator, so a fixed shift is how runs are compared with it.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..4))]
+    msw_shift_index: Option<u8>,
     /// Output PNG.
     #[arg(long)]
     out: PathBuf,
@@ -144,7 +152,7 @@ fn read_latents(path: &Path, device: &Device) -> Result<Tensor<4>, String> {
     let shape = view.shape().to_vec();
     if shape.len() != 4 || view.dtype() != Dtype::F32 {
         return Err(format!(
-            "`latents` in {} must be f32 [1, 4, h, w], got {:?} {shape:?}",
+            "`latents` in {} must be f32 [1, channels, h, w], got {:?} {shape:?}",
             path.display(),
             view.dtype()
         ));
@@ -182,10 +190,14 @@ fn load(args: &GenerateArgs, device: &Device) -> Result<(StableDiffusion, Reques
         },
     )
     .map_err(|e| e.to_string())?;
-    let mut request = Request::new(&args.prompt, sd.kind);
+    let mut request = sd.request(&args.prompt);
     request.negative_prompt = args.negative_prompt.clone();
-    request.width = args.width;
-    request.height = args.height;
+    if let Some(w) = args.width {
+        request.width = w;
+    }
+    if let Some(h) = args.height {
+        request.height = h;
+    }
     if let Some(s) = args.steps {
         request.steps = s;
     }
@@ -235,9 +247,16 @@ fn sample(
             "HiDiffusion for {:?}: RAU-Net {}, MSW-MSA {}",
             sd.kind, config.rau_net, config.msw_msa
         );
+        let shifts: Box<dyn ShiftSource> = match args.msw_shift_index {
+            Some(k) => Box::new(CycledShifts {
+                cycle: vec![usize::from(k)],
+                next: 0,
+            }),
+            None => Box::new(SeededShifts::new(request.seed)),
+        };
         sd.sample(
             request,
-            &mut HiDiffusion::new(config, request.seed),
+            &mut HiDiffusion::with_shifts(config, shifts),
             &mut on_step,
         )?
     } else {

@@ -16,9 +16,7 @@ fn hidiffusion(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn generate_writes_the_image_diffusers_computes() {
-    let Some(model) = model_dir("sd15-tiny") else {
-        return;
-    };
+    let model = model_dir("sd15-tiny");
     let work = tempfile::tempdir().unwrap();
     let expected = Expected::open(&fixture("sd15-tiny").join("expected.safetensors"));
     // The fixture's initial latents as an --init-latents file.
@@ -152,9 +150,7 @@ fn generate_writes_the_image_diffusers_computes() {
 
 #[test]
 fn hidiffusion_generates_and_compares_at_a_higher_resolution() {
-    let Some(model) = model_dir("sd15-tiny") else {
-        return;
-    };
+    let model = model_dir("sd15-tiny");
     let work = tempfile::tempdir().unwrap();
     let m = model.path().to_str().unwrap();
     // 4x the tiny model's 64 px: RAD and MSW-MSA both run.
@@ -226,4 +222,119 @@ fn hidiffusion_generates_and_compares_at_a_higher_resolution() {
         png.to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("need --hidiffusion"));
+}
+
+#[test]
+fn msw_shift_index_fixes_the_window_shift_of_every_call() {
+    use burn::tensor::Device;
+    use hidiffusion::msw_msa::CycledShifts;
+    use hidiffusion::pipeline::{LoadOptions, StableDiffusion};
+    use hidiffusion::{HiDiffusion, HiDiffusionConfig};
+
+    let model = model_dir("sd15-tiny");
+    let work = tempfile::tempdir().unwrap();
+    let m = model.path().to_str().unwrap();
+    // 2x the tiny model's 64 px: MSW-MSA runs in the first down and last up blocks.
+    let run = |index: &str| {
+        let latents = work.path().join(format!("shift{index}.safetensors"));
+        let out = hidiffusion(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "a cat",
+            "--width",
+            "128",
+            "--height",
+            "128",
+            "--steps",
+            "2",
+            "--hidiffusion",
+            "--no-rau-net",
+            "--msw-shift-index",
+            index,
+            "--save-latents",
+            latents.to_str().unwrap(),
+            "--out",
+            work.path().join("x.png").to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Expected::open(&latents).floats("latents").0
+    };
+    let (zero, two) = (run("0"), run("2"));
+    // The same as the library with the shift fixed at 2 quarter windows on every call.
+    let device = Device::flex();
+    let sd =
+        StableDiffusion::from_diffusers_dir(model.path(), &device, LoadOptions::default()).unwrap();
+    let mut request = sd.request("a cat");
+    request.width = 128;
+    request.height = 128;
+    request.steps = 2;
+    let config = HiDiffusionConfig {
+        rau_net: false,
+        ..HiDiffusionConfig::for_model(sd.kind)
+    };
+    let mut hooks = HiDiffusion::with_shifts(
+        config,
+        Box::new(CycledShifts {
+            cycle: vec![2],
+            next: 0,
+        }),
+    );
+    let want = common::values(sd.sample(&request, &mut hooks, &mut |_| {}).unwrap());
+    common::assert_close("--msw-shift-index 2 vs the library", &two, &want, 1e-6);
+    // A different shift is a different computation.
+    assert!(common::max_rel(&zero, &two) > 1e-4);
+    // Only 0..=3 quarter windows exist.
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--msw-shift-index",
+        "4",
+        "--out",
+        work.path().join("x.png").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("msw-shift-index"));
+}
+
+#[test]
+fn images_default_to_the_model_native_size() {
+    // The tiny SD 1.5 UNet has sample_size 8 and an 8x VAE: 64 px, as diffusers'
+    // `unet.config.sample_size * vae_scale_factor`.
+    let model = model_dir("sd15-tiny");
+    let work = tempfile::tempdir().unwrap();
+    let png = work.path().join("native.png");
+    let out = hidiffusion(&[
+        "generate",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--prompt",
+        "a cat",
+        "--steps",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model.path().join("unet/config.json")).unwrap(),
+    )
+    .unwrap();
+    let native = config["sample_size"].as_u64().unwrap() as u32 * 8;
+    assert_eq!(
+        image::open(&png).unwrap().to_rgb8().dimensions(),
+        (native, native)
+    );
 }

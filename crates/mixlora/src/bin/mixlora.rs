@@ -44,7 +44,7 @@ enum Command {
         /// Model folder (config.json, model.safetensors or sharded index).
         #[arg(long)]
         model: PathBuf,
-        /// PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+        /// Adapter folder: PEFT LoRA / DoRA, or MixLoRA / MixDoRA / LoRAMoE (official format).
         #[arg(long)]
         adapter: Option<PathBuf>,
         /// safetensors file with `input_ids`.
@@ -60,7 +60,7 @@ enum Command {
         /// Model folder (with tokenizer.json for `--prompt`).
         #[arg(long)]
         model: PathBuf,
-        /// PEFT adapter folder.
+        /// Adapter folder: PEFT LoRA / DoRA, or MixLoRA / MixDoRA / LoRAMoE (official format).
         #[arg(long)]
         adapter: Option<PathBuf>,
         /// Prompt text, encoded with the folder's tokenizer.json.
@@ -217,7 +217,9 @@ fn load(model: &Path, adapter: Option<&Path>, device: &Device) -> Result<mixlora
     let decoder = mixlora::load_decoder(model, device).map_err(|e| e.to_string())?;
     match adapter {
         None => Ok(decoder),
-        Some(dir) => Ok(mixlora::load_adapter(decoder, dir, device)
+        // Any adapter kind the crate writes: PEFT LoRA / DoRA, or the official
+        // MixLoRA / MixDoRA / LoRAMoE format, told apart by `peft_type`.
+        Some(dir) => Ok(mixlora::finetune::AdapterSpec::load(decoder, dir, device)
             .map_err(|e| e.to_string())?
             .0),
     }

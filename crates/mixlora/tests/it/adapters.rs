@@ -51,10 +51,12 @@ fn max_rel(got: &[f32], want: &[f32]) -> f32 {
         / scale
 }
 
-fn check(kind: &str) {
+/// The adapter folder `adapter` (`kind` "lora" or "dora") on the model folder
+/// `base_dir` against PEFT's logits, loss and gradients, and its save round trip.
+fn check(base_dir: &str, adapter: &str, kind: &str) {
     let device = Device::flex().autodiff();
-    let base = mixlora::load_decoder(&fixture("tiny-llama"), &device).unwrap();
-    let dir = fixture(&format!("tiny-llama-{kind}"));
+    let base = mixlora::load_decoder(&fixture(base_dir), &device).unwrap();
+    let dir = fixture(adapter);
     let (model, config) = mixlora::load_adapter(base, &dir, &device).unwrap();
     assert_eq!(config.use_dora, kind == "dora");
     let expected = Expected {
@@ -183,18 +185,26 @@ fn check(kind: &str) {
             "{k}"
         );
     }
-    let base = mixlora::load_decoder(&fixture("tiny-llama"), &device).unwrap();
+    let base = mixlora::load_decoder(&fixture(base_dir), &device).unwrap();
     mixlora::load_adapter(base, out.path(), &device).unwrap();
 }
 
 #[test]
 fn lora_matches_peft_logits_loss_and_gradients() {
-    check("lora");
+    check("tiny-llama", "tiny-llama-lora", "lora");
 }
 
 #[test]
 fn dora_with_rslora_matches_peft_logits_loss_and_gradients() {
-    check("dora");
+    check("tiny-llama", "tiny-llama-dora", "dora");
+}
+
+/// The same adapters written by peft 0.21.2 on a folder written by transformers 5
+/// (fixtures from tools/reference/mixlora/make_current_fixtures.py).
+#[test]
+fn adapters_written_by_current_peft_match_it() {
+    check("current/tiny-llama-v5", "current/lora-v5", "lora");
+    check("current/tiny-llama-v5", "current/dora-v5", "dora");
 }
 
 #[test]
@@ -307,5 +317,41 @@ fn merged_adapters_compute_what_the_adapters_do_and_export_as_a_model_folder() {
             .try_to_vec()
             .unwrap();
         assert_eq!(again, got, "{kind}: exported folder reloads exactly");
+    }
+}
+
+#[test]
+fn peft_options_that_change_the_math_are_refused_by_name() {
+    let device = Device::flex();
+    let src = fixture("current/lora-v5");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    for (field, value) in [
+        ("fan_in_fan_out", serde_json::json!(true)),
+        ("layers_to_transform", serde_json::json!([0])),
+        ("modules_to_save", serde_json::json!(["lm_head"])),
+        ("lora_bias", serde_json::json!(true)),
+        ("layer_replication", serde_json::json!([[0, 2], [1, 2]])),
+        ("init_lora_weights", serde_json::json!("pissa")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            src.join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut changed = config.clone();
+        changed[field] = value;
+        std::fs::write(dir.path().join("adapter_config.json"), changed.to_string()).unwrap();
+        let base = mixlora::load_decoder(&fixture("current/tiny-llama-v5"), &device).unwrap();
+        let err = mixlora::load_adapter(base, dir.path(), &device)
+            .err()
+            .unwrap_or_else(|| panic!("{field} must be refused"))
+            .to_string();
+        assert!(
+            err.contains(field) && err.contains("adapter_config.json"),
+            "{err}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 mod adapters;
 mod cli;
+mod config;
 mod moe;
 mod parity;
 mod text;

@@ -311,12 +311,8 @@ fn routing_variants_match_moe_peft() {
         if name == "switch" {
             let kept = expected.ints("switch.kept");
             let index = expected.ints("switch.expert_index");
-            for t in 0..kept.len() {
-                assert_eq!(
-                    record.chosen[t],
-                    vec![index[t] as usize],
-                    "switch token {t}"
-                );
+            for (t, &expert) in index.iter().enumerate().take(kept.len()) {
+                assert_eq!(record.chosen[t], vec![expert as usize], "switch token {t}");
             }
         }
         let aux = mixlora::aux_loss(

@@ -1,5 +1,7 @@
 //! Logits and greedy tokens of tiny random LLaMA-3-style and Qwen2 checkpoints equal
-//! transformers' (fixtures from tools/reference/mixlora/make_fixtures.py).
+//! transformers' (fixtures from tools/reference/mixlora/make_fixtures.py, transformers
+//! 4.57.1), and the same for folders written by transformers 5.23 (`rope_parameters`,
+//! a Mistral sliding window; tools/reference/mixlora/make_current_fixtures.py).
 
 use std::path::{Path, PathBuf};
 
@@ -91,6 +93,43 @@ fn llama3_style_logits_and_greedy_tokens_match_transformers() {
 #[test]
 fn qwen2_with_biases_and_tied_embeddings_matches_transformers() {
     check("tiny-qwen2");
+}
+
+#[test]
+fn folders_written_by_transformers_5_match_it() {
+    // `rope_parameters` with the default type (rope_theta 5000: a loader that misses it
+    // uses 10000 and is off by 1e-3), llama3 and linear scaling, and Qwen2.
+    check("current/tiny-llama-v5");
+    check("current/tiny-llama3-v5");
+    check("current/tiny-llama-linear-v5");
+    check("current/tiny-qwen2-v5");
+}
+
+#[test]
+fn mistral_sliding_window_matches_transformers() {
+    // Prompt and greedy decoding against the cache both reach past the 4-token window.
+    check("current/tiny-mistral-window-v5");
+    // The window matters here: without it the logits are different.
+    let device = Device::flex();
+    let dir = fixture("current/tiny-mistral-window-v5");
+    let windowed = mixlora::load_decoder(&dir, &device).unwrap();
+    let mut full = mixlora::load_decoder(&dir, &device).unwrap();
+    full.sliding_window = None;
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new((3..12).collect::<Vec<i64>>(), [1, 9]),
+        &device,
+    );
+    let a: Vec<f32> = windowed
+        .forward(ids.clone(), None)
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    let b: Vec<f32> = full.forward(ids, None).into_data().try_to_vec().unwrap();
+    let differ = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(differ > 1e-2, "the window changed nothing ({differ})");
 }
 
 #[test]

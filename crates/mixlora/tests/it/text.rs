@@ -10,12 +10,21 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::Value;
 
 fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama")
+    fixture("tiny-llama")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn expected() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(model_dir().join("expected_text.json")).unwrap())
-        .unwrap()
+    expected_in(&model_dir())
+}
+
+fn expected_in(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("expected_text.json")).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<i64> {
@@ -28,8 +37,41 @@ fn ids(v: &Value) -> Vec<i64> {
 
 #[test]
 fn encodings_and_chat_template_match_transformers() {
-    let tok = mixlora::TextTokenizer::from_dir(&model_dir()).unwrap();
-    let want = expected();
+    check_text(&model_dir());
+}
+
+/// transformers 5 writes the chat template to `chat_template.jinja` and leaves it out of
+/// tokenizer_config.json.
+#[test]
+fn a_chat_template_in_chat_template_jinja_is_read() {
+    let dir = fixture("current/tiny-llama-v5");
+    assert!(dir.join("chat_template.jinja").is_file());
+    check_text(&dir);
+    // `chat_template.json` (`{"chat_template": ...}`) is read too; a folder with none
+    // says where it looked.
+    let tmp = tempfile::tempdir().unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(dir.join(file), tmp.path().join(file)).unwrap();
+    }
+    let no_template = mixlora::TextTokenizer::from_dir(tmp.path()).unwrap();
+    let err = no_template.chat_prompt("hi").unwrap_err().to_string();
+    assert!(err.contains("chat_template.jinja"), "{err}");
+    let template = std::fs::read_to_string(dir.join("chat_template.jinja")).unwrap();
+    std::fs::write(
+        tmp.path().join("chat_template.json"),
+        serde_json::json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
+    let tok = mixlora::TextTokenizer::from_dir(tmp.path()).unwrap();
+    assert_eq!(
+        tok.chat_prompt("  hello world  ").unwrap(),
+        expected_in(&dir)["chat_text"].as_str().unwrap()
+    );
+}
+
+fn check_text(dir: &Path) {
+    let tok = mixlora::TextTokenizer::from_dir(dir).unwrap();
+    let want = expected_in(dir);
     let prompts = want["prompts"].as_array().unwrap();
     for (i, prompt) in prompts.iter().enumerate() {
         let prompt = prompt.as_str().unwrap();
@@ -111,10 +153,10 @@ fn mixlora_cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn generate_streams_text_and_samples_reproducibly() {
-    let dir = model_dir();
-    let want = expected();
+/// `mixlora generate --prompt "hello world"` on `dir` prints transformers' 8-token greedy
+/// continuation (`expected_text.json`).
+fn assert_generates_transformers_text(dir: &Path) {
+    let want = expected_in(dir);
     let out = mixlora_cli(&[
         "generate",
         "--model",
@@ -133,6 +175,12 @@ fn generate_streams_text_and_samples_reproducibly() {
         String::from_utf8(out.stdout).unwrap(),
         format!("{}\n", want["greedy_text"].as_str().unwrap())
     );
+}
+
+#[test]
+fn generate_streams_text_and_samples_reproducibly() {
+    let dir = model_dir();
+    assert_generates_transformers_text(&dir);
     let sample = |seed: &str| {
         let out = mixlora_cli(&[
             "generate",
@@ -180,4 +228,26 @@ fn generate_streams_text_and_samples_reproducibly() {
         "x",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("tokenizer.json"));
+}
+
+#[test]
+fn generate_works_on_a_folder_written_by_transformers_5() {
+    let dir = fixture("current/tiny-llama-v5");
+    assert_generates_transformers_text(&dir);
+    // The chat template lives in chat_template.jinja.
+    let out = mixlora_cli(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hello world",
+        "--chat",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -12,23 +12,19 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// OpenAI's CLIP merges file in ../shared (never copied into the repository).
-pub fn openai_merges() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/datasets/clip-bpe/bpe_simple_vocab_16e6.txt");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipped: ../shared/datasets/clip-bpe/bpe_simple_vocab_16e6.txt is not present");
-        None
-    }
+/// OpenAI's CLIP merges file, committed gzipped beside the fixtures (MIT; see
+/// tests/fixtures/clip-bpe/README.md), so these tests need nothing outside the
+/// repository.
+pub fn openai_merges() -> PathBuf {
+    fixture("clip-bpe/bpe_simple_vocab_16e6.txt.gz")
 }
 
 /// A copy of fixture folder `name` completed with the tokenizer folders the pipeline
-/// needs (built from the shared CLIP merges: SD 1.x and SDXL's first tokenizer pad with
-/// `<|endoftext|>`, SD 2.x and SDXL's second with `!`).
-pub fn model_dir(name: &str) -> Option<tempfile::TempDir> {
-    let merges = openai_merges()?;
+/// needs (built from the CLIP merges: SD 1.x and SDXL's first tokenizer pad with
+/// `<|endoftext|>`, SD 2.x and SDXL's second with `!`). Folders that carry their own
+/// tokenizer folders (the current-release generation) are copied as they are.
+pub fn model_dir(name: &str) -> tempfile::TempDir {
+    let merges = openai_merges();
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture(name), dir.path());
     let first_pad = if name.starts_with("sd21") {
@@ -36,13 +32,15 @@ pub fn model_dir(name: &str) -> Option<tempfile::TempDir> {
     } else {
         "<|endoftext|>"
     };
-    hidiffusion::tokenizer::ClipTokenizer::write_diffusers_folder(
-        &merges,
-        &dir.path().join("tokenizer"),
-        first_pad,
-    )
-    .unwrap();
-    if dir.path().join("text_encoder_2").is_dir() {
+    if !dir.path().join("tokenizer").is_dir() {
+        hidiffusion::tokenizer::ClipTokenizer::write_diffusers_folder(
+            &merges,
+            &dir.path().join("tokenizer"),
+            first_pad,
+        )
+        .unwrap();
+    }
+    if dir.path().join("text_encoder_2").is_dir() && !dir.path().join("tokenizer_2").is_dir() {
         hidiffusion::tokenizer::ClipTokenizer::write_diffusers_folder(
             &merges,
             &dir.path().join("tokenizer_2"),
@@ -50,7 +48,7 @@ pub fn model_dir(name: &str) -> Option<tempfile::TempDir> {
         )
         .unwrap();
     }
-    Some(dir)
+    dir
 }
 
 fn copy_dir(from: &Path, to: &Path) {
