@@ -1,13 +1,16 @@
 //! Project tooling, run as `cargo xtask <command>` (the rust-analyzer `xtask` pattern: no
 //! shell scripts, every tool is ordinary Rust).
 //!
-//! - [`eval`]: paper reproductions, `cargo xtask eval <paper>|all [--quick]`.
+//! - [`eval`]: paper reproductions, `cargo xtask eval <paper>|all [--quick] [--json]`,
+//!   each listing its paper's headline [`claims`] with a verdict computed from what it
+//!   measured.
 //! - [`fetch`]: dataset download with resume and checksum verification against
 //!   `datasets/manifest.toml`, `cargo xtask fetch <dataset>`.
 //! - [`bench`]: benchmarks, `cargo xtask bench <target>`.
 //! - [`docs`]: the mdBook site with the latest results, `cargo xtask docs`.
 
 pub mod bench;
+pub mod claims;
 pub mod docs;
 pub mod eval;
 pub mod fetch;

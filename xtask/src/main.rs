@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Reproduce a paper's headline results ("all" for every paper).
+    /// Reproduce a paper's headline results ("all" for every paper): a verdict per claim.
     Eval {
         /// hier-community, mobiletl, moat, hidiffusion, mixlora or all.
         paper: String,
@@ -32,6 +32,10 @@ enum Cmd {
         /// Where fetched datasets live.
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
+        /// Print the summary (claims and verdict counts per paper) as JSON on stdout; the
+        /// reports go to stderr. The summary is always written to results/eval.json.
+        #[arg(long)]
+        json: bool,
     },
     /// Download a dataset listed in datasets/manifest.toml, verifying size and SHA-256.
     Fetch {
@@ -80,11 +84,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             paper,
             quick,
             data_dir,
+            json,
         } => {
             let options = EvalOptions {
                 quick,
                 data_dir,
                 results_dir: root.join("results"),
+                json,
             };
             let statuses = eval::run(&paper, &options)?;
             let failed = statuses.iter().any(|(_, s)| matches!(s, Status::Failed(_)));

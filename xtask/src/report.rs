@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::claims::{Claim, claims_table};
+
 /// One table with a title, a header row, body rows and notes under it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Table {
@@ -51,6 +53,15 @@ impl Table {
     pub fn note(&mut self, note: impl Into<String>) -> &mut Self {
         self.notes.push(note.into());
         self
+    }
+
+    /// The cell of the row whose first cell is `key`, in the column named `column`.
+    pub fn cell(&self, key: &str, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.rows
+            .iter()
+            .find(|r| r.first().is_some_and(|c| c == key))
+            .map(|r| r[i].as_str())
     }
 
     /// Aligned plain-text rendering for the terminal.
@@ -127,6 +138,10 @@ pub struct Report {
     pub environment: String,
     /// The tables.
     pub tables: Vec<Table>,
+    /// The paper's headline claims with what this run measured (verdicts are computed
+    /// from them). Absent in reports written before claims existed, and in benchmarks.
+    #[serde(default)]
+    pub claims: Vec<Claim>,
 }
 
 impl Report {
@@ -137,7 +152,28 @@ impl Report {
             command: command.into(),
             environment: environment(),
             tables: Vec::new(),
+            claims: Vec::new(),
         }
+    }
+
+    /// Reads a report written by [`Report::write`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a report", path.display()))
+    }
+
+    /// The claims as a table (see [`claims_table`]), titled after the report.
+    pub fn claims_table(&self) -> Table {
+        claims_table(
+            format!("Claims of the paper: verdicts of `{}`", self.command),
+            &self.claims,
+        )
+    }
+
+    /// The first table whose title starts with `prefix`.
+    pub fn table(&self, prefix: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.title.starts_with(prefix))
     }
 
     /// Markdown for the docs: a provenance line, then every table.
@@ -146,6 +182,10 @@ impl Report {
             "_Produced by `{}` on {}._\n\n",
             self.command, self.environment
         );
+        if !self.claims.is_empty() {
+            out.push_str(&self.claims_table().to_markdown());
+            out.push('\n');
+        }
         for table in &self.tables {
             out.push_str(&table.to_markdown());
             out.push('\n');
@@ -200,4 +240,63 @@ pub fn environment() -> String {
 /// Formats `x` with `digits` significant decimals, trimming nothing (tables stay aligned).
 pub fn fmt_f(x: f64, digits: usize) -> String {
     format!("{x:.digits$}")
+}
+
+/// The number a cell starts with ("-48%" -> -48, "+0.5% (x)" -> 0.5, "9971" -> 9971).
+pub fn leading_number(cell: &str) -> Option<f64> {
+    let s = cell.trim();
+    let end = s
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || c == '.' || ((c == '-' || c == '+') && i == 0)))
+        .map_or(s.len(), |(i, _)| i);
+    s[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::{Measurement, Tolerance};
+
+    #[test]
+    fn leading_numbers_are_read_from_cells() {
+        assert_eq!(leading_number("-48%"), Some(-48.0));
+        assert_eq!(leading_number("+0.5% (x)"), Some(0.5));
+        assert_eq!(leading_number(" 9971 "), Some(9971.0));
+        assert_eq!(leading_number("-"), None);
+        assert_eq!(leading_number("n/a"), None);
+    }
+
+    #[test]
+    fn cells_are_found_by_row_key_and_column_name() {
+        let mut t = Table::new("t", &["size", "variant", "time"]);
+        t.row(["1024", "vanilla", "+0%"]);
+        t.row(["2048", "both", "-67%"]);
+        assert_eq!(t.cell("2048", "time"), Some("-67%"));
+        assert_eq!(t.cell("4096", "time"), None);
+        assert_eq!(t.cell("1024", "nope"), None);
+    }
+
+    #[test]
+    fn reports_without_claims_still_parse_and_claims_round_trip() {
+        let old = r#"{"name":"x","command":"c","environment":"e","tables":[]}"#;
+        let report: Report = serde_json::from_str(old).unwrap();
+        assert!(report.claims.is_empty());
+
+        let mut report = Report::new("x", "cargo xtask eval x");
+        report.claims.push(Claim::new(
+            "s",
+            "p",
+            "%",
+            Tolerance::AtMost { bound: -40.0 },
+            Measurement::value(-48.0, "-48%"),
+        ));
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.claims, report.claims);
+        let md = back.to_markdown();
+        assert!(
+            md.contains("| s | p | -48% | <= -40% | reproduced |"),
+            "{md}"
+        );
+    }
 }

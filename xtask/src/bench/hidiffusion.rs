@@ -451,6 +451,7 @@ mod tests {
             command: "cargo xtask bench hidiffusion".into(),
             environment: "2 CPUs, linux/x86_64, 2026-12-01".into(),
             tables: vec![old_summary, calls_at(1024), calls_at(2048)],
+            claims: Vec::new(),
         };
         let mut now = summary();
         now.row(["2048x2048", "vanilla", "2", "+0%", "2", "+0%", "-"]);

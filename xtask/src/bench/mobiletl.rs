@@ -19,8 +19,30 @@ fn reduction(before: f64, after: f64) -> String {
     format!("{:+.1}%", -100.0 * (before - after) / before)
 }
 
+/// One block's measured memory: what a training step holds between forward and backward.
+#[derive(Debug, Clone)]
+pub struct BlockMeasurement {
+    /// The network.
+    pub arch: MobileNetArch,
+    /// The block's index and shape, as in the table.
+    pub block: String,
+    /// Bytes held with vanilla fine-tuning.
+    pub vanilla: f64,
+    /// Bytes held with MobileTL.
+    pub mobiletl: f64,
+    /// Batch size and resolution of the step.
+    pub batch: usize,
+    /// Input resolution (pixels).
+    pub resolution: usize,
+}
+
 /// Arguments: `--quick` (batch 2 at 112 px).
 pub fn run(args: &[String]) -> Result<Report> {
+    run_measured(args).map(|(report, _)| report)
+}
+
+/// [`run`], also returning the per-block measurements behind its first table.
+pub fn run_measured(args: &[String]) -> Result<(Report, Vec<BlockMeasurement>)> {
     let quick = args.iter().any(|a| a == "--quick");
     let (batch, resolution) = if quick { (2, 112) } else { (8, 224) };
     let device = Device::flex().autodiff();
@@ -45,11 +67,12 @@ pub fn run(args: &[String]) -> Result<Report> {
     );
     // A MobileNetV2 block of the 56x56 stage (the block of the paper's per-IRB table) and a
     // MobileNetV3-Large block with squeeze-excitation and Hard-Swish (14x14).
+    let mut blocks = Vec::new();
     for (arch, block, paper) in [
         (MobileNetArch::V2, 2, "-46.3%"),
         (MobileNetArch::V3Large, 11, "-53.3%"),
     ] {
-        println!("measuring one {arch:?} block ...");
+        eprintln!("measuring one {arch:?} block ...");
         let config = MobileNetConfig::new(arch);
         let spec = config.spec();
         let v = measure_block(&config, block, false, batch, resolution, &device)
@@ -60,16 +83,25 @@ pub fn run(args: &[String]) -> Result<Report> {
         let side = block_input_side(&spec, block, resolution);
         let av = block_cost(b, side, false, batch).activation_bytes();
         let at = block_cost(b, side, true, batch).activation_bytes();
+        let shape = format!(
+            "{block}: {}->{}->{} ch, {side}x{side}{}, {:?}",
+            b.in_channels,
+            b.expanded,
+            b.out_channels,
+            if b.squeeze.is_some() { ", SE" } else { "" },
+            b.activation
+        );
+        blocks.push(BlockMeasurement {
+            arch,
+            block: shape.clone(),
+            vanilla: v,
+            mobiletl: t,
+            batch,
+            resolution,
+        });
         per_block.row([
             format!("{arch:?}"),
-            format!(
-                "{block}: {}->{}->{} ch, {side}x{side}{}, {:?}",
-                b.in_channels,
-                b.expanded,
-                b.out_channels,
-                if b.squeeze.is_some() { ", SE" } else { "" },
-                b.activation
-            ),
+            shape,
             fmt_f(v / MB, 2),
             fmt_f(t / MB, 2),
             reduction(v, t),
@@ -102,7 +134,7 @@ pub fn run(args: &[String]) -> Result<Report> {
         let config = MobileNetConfig::new(arch).with_num_classes(10);
         let n = config.spec().blocks.len();
         for k in [1, 3, 5, n] {
-            println!("measuring {arch:?} FT-{k} ...");
+            eprintln!("measuring {arch:?} FT-{k} ...");
             let mut measured = [0.0; 2];
             let mut analytic = [0.0; 2];
             for (slot, method) in [Method::Vanilla, Method::Mobiletl].into_iter().enumerate() {
@@ -134,5 +166,5 @@ pub fn run(args: &[String]) -> Result<Report> {
     let mut report = Report::new("bench-mobiletl", "cargo xtask bench mobiletl");
     report.tables.push(per_block);
     report.tables.push(ft);
-    Ok(report)
+    Ok((report, blocks))
 }
